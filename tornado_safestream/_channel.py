@@ -1,0 +1,350 @@
+"""
+The channel: one ordered, byte-budgeted pipe from a producer thread to the IOLoop.
+
+A stream has one channel. Its producer face (`Channel.write`, `Channel.flush`,
+`Channel.put`, `Channel.call`, `Channel.end`) is called from executor threads; its loop
+face (`Channel.take`, `Channel.wait`, `Channel.sent`, `Channel.close`,
+`Channel.mark_finished`, `Channel.detach`) only from the IOLoop thread, by the consumer.
+
+What goes through it, in the order the producer made it:
+
+- ``bytes``: a ``write``. Joined with its neighbours on the loop, never one loop wake-up each.
+- `FLUSH`: a ``flush()`` the producer asked for before a call or the end.
+- `Call`: any other response method; the producer waits for its result.
+- `End`: the producer is done (with its exception, if it raised).
+
+The budget: ``pending`` counts the bytes the producer wrote that are not yet handed to the
+socket. A push producer blocks while it is over ``max_buffer_bytes``; a generator producer
+*parks* (gives its thread back) once it reaches it, and the consumer resumes it as the
+budget frees.
+
+.. warning::
+
+   Every attribute under "guarded by ``_lock``" is read and written with ``_lock`` held,
+   from both sides; the ones under "loop-owned" only on the IOLoop thread. Nothing here
+   relies on the GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import enum
+import threading
+from typing import Any, Union
+
+from tornado.iostream import StreamClosedError
+
+__all__ = ("FLUSH", "Call", "Channel", "End", "Op", "Put", "current_channel")
+
+
+class _Marker:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+#: A flush the producer asked for, placed before a `Call` or the `End` it must precede.
+FLUSH = _Marker("FLUSH")
+
+
+class Call:
+    """A response method call, carried out on the loop; ``future`` gets its outcome."""
+
+    __slots__ = ("args", "future", "kwargs", "name")
+
+    def __init__(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.name = name
+        self.args = args
+        self.kwargs = kwargs
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def __repr__(self) -> str:
+        return f"<Call {self.name}()>"
+
+
+class End:
+    """The producer is done; ``error`` is what it raised, if anything."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"<End error={self.error!r}>"
+
+
+Op = Union[bytes, Call, End, _Marker]
+
+
+class Put(enum.Enum):
+    """What a generator producer should do after `Channel.put`."""
+
+    MORE = "more"  #: pull the next chunk
+    FULL = "full"  #: the budget is used up: parked, give the thread back
+    CLOSED = "closed"  #: the stream is closed: close the generator
+
+
+#: The channel of the stream whose producer is running in this context. It is set only in
+#: the context the producer runs in, so a response method called on the loop never sees it.
+current_channel: contextvars.ContextVar[Channel | None] = contextvars.ContextVar(
+    "tornado_safestream.current_channel", default=None
+)
+
+
+class Channel:
+    """The producer-to-loop pipe of one stream. See the module docstring."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        handler: object,
+        where: str,
+        max_buffer_bytes: int,
+    ) -> None:
+        # Immutable after construction: safe to read from any thread.
+        self.handler = handler
+        self.where = where
+        self.max_buffer_bytes = max_buffer_bytes
+        self._loop = loop
+
+        self._lock = threading.Lock()
+        # The producer waits here for budget; notified by `sent` and `close`.
+        self._budget = threading.Condition(self._lock)
+        # --- guarded by _lock ---
+        self._ops: list[Op] = []
+        self._pending = 0  # written by the producer, not yet handed to the socket
+        self._flush_requested = False  # a flush() or a yield since the last take()
+        self._flush_future: concurrent.futures.Future[None] | None = None
+        self._consumer_idle = False  # the consumer waits for a wake-up
+        self._parked = False  # a generator producer gave its thread back, full
+        self._closed: StreamClosedError | None = None
+        self._finished = False  # the handler was finished (write() must raise)
+        self._detached = False  # the consumer is gone: calls can no longer be served
+        # --- loop-owned ---
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        with self._lock:
+            return (
+                f"<Channel {self.where} pending={self._pending}/{self.max_buffer_bytes} "
+                f"ops={len(self._ops)} closed={self._closed is not None} "
+                f"finished={self._finished} parked={self._parked}>"
+            )
+
+    # ------------------------------------------------------------------ producer face
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data``; block while more than the budget is pending."""
+        with self._lock:
+            self._raise_if_unwritable("write")
+            self._ops.append(data)
+            self._pending += len(data)
+            wake = self._consumer_idle
+            self._consumer_idle = False
+            over = self._pending > self.max_buffer_bytes
+        if wake:
+            self._wake_consumer()
+        if over:
+            self._wait_for_budget()
+
+    def flush(self) -> concurrent.futures.Future[None]:
+        """Ask for what was written to be sent; block while over the budget."""
+        with self._lock:
+            self._raise_if_closed()
+            if self._finished:
+                # Tornado's flush() after finish() has nothing left to send.
+                done: concurrent.futures.Future[None] = concurrent.futures.Future()
+                done.set_result(None)
+                return done
+            self._flush_requested = True
+            future = self._flush_future
+            if future is None:
+                future = self._flush_future = concurrent.futures.Future()
+            wake = self._consumer_idle
+            self._consumer_idle = False
+            over = self._pending > self.max_buffer_bytes
+        if wake:
+            self._wake_consumer()
+        if over:
+            self._wait_for_budget()
+        return future
+
+    def put(self, data: bytes) -> Put:
+        """Queue a yielded chunk to be sent at once; never blocks."""
+        with self._lock:
+            if self._closed is not None:
+                return Put.CLOSED
+            if self._finished:
+                raise RuntimeError("Cannot write() after finish()")
+            self._ops.append(data)
+            self._pending += len(data)
+            self._flush_requested = True
+            wake = self._consumer_idle
+            self._consumer_idle = False
+            if self._pending >= self.max_buffer_bytes:
+                self._parked = True
+                result = Put.FULL
+            else:
+                result = Put.MORE
+        if wake:
+            self._wake_consumer()
+        return result
+
+    def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Have the loop call the handler's method ``name``; return or raise its outcome."""
+        call = Call(name, args, kwargs)
+        with self._lock:
+            if self._detached:
+                raise StreamClosedError()
+            self._order_flush()
+            self._ops.append(call)
+            wake = self._consumer_idle
+            self._consumer_idle = False
+        if wake:
+            self._wake_consumer()
+        return call.future.result()
+
+    def end(self, error: BaseException | None) -> None:
+        """The producer is done. Never blocks."""
+        with self._lock:
+            self._order_flush()
+            self._ops.append(End(error))
+            wake = self._consumer_idle
+            self._consumer_idle = False
+        if wake:
+            # If the loop is gone, so is everyone who would care.
+            with contextlib.suppress(StreamClosedError):
+                self._wake_consumer()
+
+    def _order_flush(self) -> None:
+        # Warning! Call with _lock held. A flush requested before a call or the end
+        # must happen before it, as it would on the loop.
+        if self._flush_requested:
+            self._ops.append(FLUSH)
+            self._flush_requested = False
+
+    def _raise_if_closed(self) -> None:
+        # Warning! Call with _lock held.
+        if self._closed is not None:
+            raise StreamClosedError(real_error=self._closed.real_error)
+
+    def _raise_if_unwritable(self, method: str) -> None:
+        # Warning! Call with _lock held.
+        self._raise_if_closed()
+        if self._finished:
+            raise RuntimeError(f"Cannot {method}() after finish()")
+
+    def _wait_for_budget(self) -> None:
+        with self._lock:
+            while self._pending > self.max_buffer_bytes and self._closed is None:
+                self._budget.wait()
+            self._raise_if_closed()
+
+    def _wake_consumer(self) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._on_wake)
+        except RuntimeError:  # the loop is closed: nobody will ever send these bytes
+            with self._lock:
+                if self._closed is None:
+                    self._closed = StreamClosedError()
+                self._budget.notify_all()
+            raise StreamClosedError() from None
+
+    # ---------------------------------------------------------------------- loop face
+
+    def take(self) -> tuple[list[Op], bool, concurrent.futures.Future[None] | None] | None:
+        """
+        Take everything queued: ``(ops, flush_requested, flush_future)``.
+
+        Returns ``None``, and marks the consumer idle, when there is nothing: the next
+        producer call then wakes `wait`.
+        """
+        with self._lock:
+            if not self._ops and not self._flush_requested:
+                self._consumer_idle = True
+                return None
+            ops = self._ops
+            self._ops = []
+            flush = self._flush_requested
+            self._flush_requested = False
+            future = self._flush_future
+            self._flush_future = None
+        return ops, flush, future
+
+    async def wait(self) -> None:
+        """Wait, after `take` returned ``None``, for the producer to queue something."""
+        waiter = self._waiter = self._loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _on_wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def sent(self, nbytes: int) -> bool:
+        """
+        ``nbytes`` left the budget (handed to the socket, or dropped).
+
+        :return: whether a parked producer must be resumed now.
+        """
+        with self._lock:
+            self._pending -= nbytes
+            if self._pending <= self.max_buffer_bytes:
+                self._budget.notify_all()
+            if self._parked and self._pending < self.max_buffer_bytes:
+                self._parked = False
+                return True
+        return False
+
+    def close(self, error: StreamClosedError) -> bool:
+        """
+        The stream can carry no more bytes: producer writes raise ``StreamClosedError``.
+
+        :return: whether a parked producer must be resumed (to close its generator).
+        """
+        with self._lock:
+            if self._closed is not None:
+                return False
+            self._closed = error
+            self._budget.notify_all()
+            resume = self._parked
+            self._parked = False
+        return resume
+
+    @property
+    def closed(self) -> bool:
+        with self._lock:
+            return self._closed is not None
+
+    def mark_finished(self) -> None:
+        """The handler was finished: the producer's writes raise from now on."""
+        with self._lock:
+            self._finished = True
+
+    def detach(self) -> None:
+        """The consumer is gone: fail what it will never serve."""
+        with self._lock:
+            self._detached = True
+            if self._closed is None:
+                self._closed = StreamClosedError()
+            self._budget.notify_all()
+            ops = self._ops
+            self._ops = []
+            future = self._flush_future
+            self._flush_future = None
+        for op in ops:
+            if isinstance(op, Call):
+                op.future.set_exception(StreamClosedError())
+        if future is not None:
+            future.set_exception(StreamClosedError())

@@ -1,0 +1,212 @@
+"""
+The consumer: the loop side of a stream, which does every ``write`` and ``flush``.
+
+It drains the channel a batch at a time: every chunk queued since the last batch goes into
+the handler's buffer, then one ``flush()``, awaited before the next. (Tornado's
+``HTTP1Connection`` resolves only its latest write future: a second flush issued while one
+is pending would leave the first pending for ever.) The producer wakes it only when it is
+idle, so a fast producer costs one loop wake-up per batch, not per chunk.
+
+.. warning::
+
+   Everything here runs on the IOLoop thread, and every attribute is loop-owned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from typing import TYPE_CHECKING, Any, Callable
+
+from tornado.iostream import StreamClosedError
+
+from ._calls import FLUSHING_METHODS
+from ._channel import FLUSH, Call, Channel, End
+
+if TYPE_CHECKING:
+    from tornado.web import RequestHandler
+
+__all__ = ("Consumer", "ignore_outcome")
+
+
+class Consumer:
+    """
+    Carries out one stream's channel on its handler.
+
+    :param base: the handler's methods as they are behind `.SafeStreamMixin`
+        (``super(SafeStreamMixin, handler)``): what the producer's calls run as.
+    :param resume: called to resume a parked producer.
+    :param stall_timeout: seconds a flush may make no progress before the stream is aborted.
+    """
+
+    def __init__(
+        self,
+        channel: Channel,
+        handler: RequestHandler,
+        base: Any,
+        resume: Callable[[], None],
+        stall_timeout: float | None,
+    ) -> None:
+        self._channel = channel
+        self._handler = handler
+        self._base = base
+        self._resume = resume
+        self._stall_timeout = stall_timeout
+        self._unflushed = 0  # bytes in the handler's buffer, not flushed yet
+        #: The stream can carry no more bytes (client gone, or `failure`).
+        self.aborted = False
+        #: The error that broke the stream, when it was not the client leaving.
+        self.failure: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Consumer {self._channel.where} unflushed={self._unflushed} "
+            f"aborted={self.aborted} failure={self.failure!r}>"
+        )
+
+    async def run(self) -> BaseException | None:
+        """Carry out the channel until the producer ends; return what the producer raised."""
+        channel = self._channel
+        handler = self._handler
+        write = self._base.write
+        limit = channel.max_buffer_bytes
+        try:
+            while True:
+                batch = channel.take()
+                if batch is None:
+                    await channel.wait()
+                    continue
+                ops, flush, future = batch
+                if handler._finished:  # finished on the loop behind the producer's back
+                    channel.mark_finished()
+                discard = self.aborted or handler._finished
+                dropped = 0
+                end: End | None = None
+                for op in ops:
+                    if type(op) is bytes:
+                        if discard:
+                            dropped += len(op)
+                        else:
+                            write(op)
+                            self._unflushed += len(op)
+                    elif op is FLUSH:
+                        await self._flush()
+                    elif type(op) is Call:
+                        await self._execute(op)
+                        discard = self.aborted or handler._finished
+                    else:
+                        assert type(op) is End, op
+                        end = op
+                if flush or self._unflushed > limit:
+                    await self._flush()
+                if dropped and channel.sent(dropped):
+                    self._resume()
+                if future is not None:
+                    if self.aborted:
+                        future.set_exception(StreamClosedError(real_error=self.failure))
+                    else:
+                        future.set_result(None)
+                if end is not None:
+                    return end.error
+        finally:
+            channel.detach()
+
+    def client_gone(self) -> None:
+        """The connection closed (`.RequestHandler.on_connection_close`)."""
+        self._abort(StreamClosedError())
+
+    def _abort(self, error: BaseException) -> None:
+        if isinstance(error, StreamClosedError):
+            closed = error
+        else:
+            if self.failure is None:
+                self.failure = error
+            closed = StreamClosedError(real_error=error)
+        self.aborted = True
+        if self._channel.close(closed):
+            self._resume()
+
+    async def _flush(self) -> None:
+        nbytes = self._unflushed
+        self._unflushed = 0
+        if not self.aborted and not self._handler._finished:
+            try:
+                await self._sent(self._base.flush())
+            except Exception as error:
+                self._abort(error)
+        if self._channel.sent(nbytes):
+            self._resume()
+
+    async def _execute(self, call: Call) -> None:
+        flushing = call.name in FLUSHING_METHODS
+        nbytes = self._unflushed if flushing else 0
+        try:
+            result = getattr(self._base, call.name)(*call.args, **call.kwargs)
+        except BaseException as error:
+            if self._handler._finished:
+                self._channel.mark_finished()
+            call.future.set_exception(error)
+            return
+        if self._handler._finished:
+            self._channel.mark_finished()  # before the producer hears back
+        if flushing:
+            self._unflushed = 0
+        if isinstance(result, asyncio.Future):
+            # flush() or finish(): the producer gets a future of its own thread's kind.
+            outcome: concurrent.futures.Future[None] = concurrent.futures.Future()
+            call.future.set_result(outcome)
+            try:
+                await self._sent(result)  # nothing may flush before this one is done
+            except Exception as error:
+                outcome.set_exception(error)
+                self._abort(error)
+            else:
+                outcome.set_result(None)
+        else:
+            call.future.set_result(result)
+        if nbytes and self._channel.sent(nbytes):
+            self._resume()
+
+    async def _sent(self, future: asyncio.Future[None]) -> None:
+        """
+        Wait until a flush's bytes are handed to the socket.
+
+        :raises StreamClosedError: if the connection closed first. (Tornado resolves a
+            pending flush future, without an error, when its connection closes.)
+        """
+        stream = getattr(self._handler.request.connection, "stream", None)
+        if self._stall_timeout is None:
+            await future
+        else:
+            await self._sent_before_stall(future, stream, self._stall_timeout)
+        if stream is not None and stream.closed():
+            raise StreamClosedError(real_error=stream.error)
+
+    async def _sent_before_stall(
+        self, future: asyncio.Future[None], stream: Any, timeout: float
+    ) -> None:
+        progress = getattr(stream, "_total_write_done_index", None)
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(future), timeout)
+                return
+            except asyncio.TimeoutError:
+                now = getattr(stream, "_total_write_done_index", None)
+                if now is None or now == progress:
+                    break
+                progress = now
+        stalled = TimeoutError(
+            f"{self._channel.where}(): the client took nothing for {timeout} s (stall_timeout)"
+        )
+        future.add_done_callback(ignore_outcome)
+        connection = self._handler.request.connection
+        close = getattr(connection, "close", None)
+        if close is not None:
+            close()
+        raise StreamClosedError(real_error=stalled)
+
+
+def ignore_outcome(future: asyncio.Future[None]) -> None:
+    """Mark a future's exception as retrieved: its outcome is of no interest any more."""
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,136 @@
+"""`SafeStreamMixin`: response methods called from a handler's producer thread go to the loop."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import TYPE_CHECKING, Any, Callable
+
+from tornado.web import RequestHandler
+
+from ._calls import RESPONSE_METHODS
+from ._channel import Channel, current_channel
+
+if TYPE_CHECKING:
+    from asyncio import Future
+
+    from ._consumer import Consumer
+
+    _HandlerBase = RequestHandler
+else:
+    _HandlerBase = object
+
+__all__ = ("SafeStreamMixin",)
+
+
+def _producer_channel(handler: object) -> Channel | None:
+    """The channel to forward to: set only while ``handler``'s own producer runs this code."""
+    channel = current_channel.get()
+    if channel is None or channel.handler is not handler:
+        return None
+    return channel
+
+
+class SafeStreamMixin(_HandlerBase):
+    """
+    Makes a `~tornado.web.RequestHandler` safe to stream from a thread pool.
+
+    List it before the handler base, and decorate the methods that produce the response
+    with `.stream_on_executor`::
+
+        class Download(SafeStreamMixin, RequestHandler):
+            executor = ThreadPoolExecutor(8)
+
+            @stream_on_executor
+            def get(self, name: str) -> None:
+                with open(path_for(name), "rb") as f:
+                    while chunk := f.read(65536):
+                        self.write(chunk)
+                        self.flush()
+
+    While such a method runs, its calls of the response methods (``write``, ``flush``,
+    ``finish``, ``set_status``, ``set_header``, ``add_header``, ``clear_header``, ``clear``,
+    ``set_cookie``, ``clear_cookie``, ``send_error``, ``redirect``) are carried out on the
+    IOLoop thread, in order. Everywhere else they are Tornado's own.
+
+    .. warning::
+
+       In a producer thread, ``flush()`` and ``finish()`` return a
+       `concurrent.futures.Future` (``.result()`` blocks until the bytes are written to
+       the socket), not an `asyncio.Future`.
+    """
+
+    # Loop-owned: the consumer of the stream this handler is running, if any.
+    _safestream_consumer: Consumer | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        if RequestHandler in mro and mro.index(RequestHandler) < mro.index(SafeStreamMixin):
+            bases = ", ".join(base.__name__ for base in cls.__bases__)
+            raise TypeError(
+                f"class {cls.__qualname__}({bases}): list SafeStreamMixin before the "
+                f"RequestHandler base, as in class {cls.__name__}(SafeStreamMixin, "
+                "RequestHandler); behind it, its methods are never called"
+            )
+
+    def write(self, chunk: str | bytes | dict[str, Any]) -> None:
+        channel = _producer_channel(self)
+        if channel is None:
+            return super().write(chunk)
+        if isinstance(chunk, bytes):
+            channel.write(chunk if type(chunk) is bytes else bytes(chunk))
+        elif isinstance(chunk, str):
+            channel.write(chunk.encode("utf-8"))
+        elif isinstance(chunk, dict):
+            channel.call("write", (chunk,), {})  # sets Content-Type: on the loop, in order
+        else:
+            raise TypeError(
+                f"{type(self).__qualname__}.write() only accepts bytes, str and dict objects, "
+                f"not {type(chunk).__qualname__}"
+            )
+
+    def flush(  # type: ignore[override]
+        self, include_footers: bool = False
+    ) -> Future[None] | concurrent.futures.Future[None]:
+        channel = _producer_channel(self)
+        if channel is None:
+            return super().flush(include_footers)
+        if include_footers:
+            return channel.call("flush", (include_footers,), {})  # type: ignore[no-any-return]
+        return channel.flush()
+
+    def finish(  # type: ignore[override]
+        self, chunk: str | bytes | dict[str, Any] | None = None
+    ) -> Future[None] | concurrent.futures.Future[None]:
+        channel = _producer_channel(self)
+        if channel is None:
+            return super().finish(chunk)
+        return channel.call("finish", () if chunk is None else (chunk,), {})  # type: ignore[no-any-return]
+
+    def on_connection_close(self) -> None:
+        consumer = self._safestream_consumer
+        if consumer is not None:
+            consumer.client_gone()
+        super().on_connection_close()
+
+
+def _forwarding(name: str) -> Callable[..., Any]:
+    def method(self: SafeStreamMixin, *args: Any, **kwargs: Any) -> Any:
+        channel = _producer_channel(self)
+        if channel is None:
+            return getattr(super(SafeStreamMixin, self), name)(*args, **kwargs)
+        return channel.call(name, args, kwargs)
+
+    original: Callable[..., Any] | None = getattr(RequestHandler, name, None)
+    method.__name__ = name
+    method.__qualname__ = f"SafeStreamMixin.{name}"
+    method.__doc__ = original.__doc__ if original is not None else None
+    return method
+
+
+# The other response methods keep Tornado's signatures for type checkers (inherited above)
+# and forward at run time.
+for _name in RESPONSE_METHODS:
+    if _name not in SafeStreamMixin.__dict__:
+        setattr(SafeStreamMixin, _name, _forwarding(_name))
+del _name

@@ -1,0 +1,158 @@
+"""
+One stream, from the call of a `@stream_on_executor` method to the finished response.
+
+`run_stream` runs on the IOLoop: it picks the executor, wires a producer and the consumer
+to a new channel, waits for the producer to end, and concludes the response:
+
+- the producer returned: the response is finished, unless it already was;
+- it raised before the headers were written: the error goes to Tornado's normal path
+  (``log_exception``, ``write_error``, status 500 or the `~tornado.web.HTTPError`'s);
+- it raised after: the error is logged once and the connection is closed with no proper end
+  of body, so a client never takes a truncated body for a whole one;
+- the client left: the producer's `~tornado.iostream.StreamClosedError` is not an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from tornado.iostream import StreamClosedError
+from tornado.web import RequestHandler
+
+from ._channel import Channel, current_channel
+from ._consumer import Consumer, ignore_outcome
+from ._mixin import SafeStreamMixin
+from ._producers import GeneratorProducer, PushProducer
+
+__all__ = ("Options", "run_stream")
+
+
+@dataclass(frozen=True)
+class Options:
+    """The decorator's options, validated."""
+
+    executor: str
+    max_buffer_bytes: int
+    stall_timeout: float | None
+
+
+async def run_stream(
+    handler: object,
+    method: Callable[..., Any],
+    is_generator: bool,
+    options: Options,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    """Stream the response of ``method(handler, *args, **kwargs)``. Runs on the IOLoop."""
+    where = method.__qualname__
+    if not isinstance(handler, SafeStreamMixin) or not isinstance(handler, RequestHandler):
+        raise TypeError(
+            f"@stream_on_executor method {where}() was called on a "
+            f"{type(handler).__qualname__} object, which is not a SafeStreamMixin request "
+            f"handler; declare class {type(handler).__name__}(SafeStreamMixin, RequestHandler)"
+        )
+    if handler._safestream_consumer is not None:
+        raise RuntimeError(
+            f"{where}(): this response is already being streamed by another "
+            "@stream_on_executor method; await one before calling the next"
+        )
+    executor = _find_executor(handler, options.executor, where)
+    loop = asyncio.get_running_loop()
+    channel = Channel(loop, handler, where, options.max_buffer_bytes)
+    context = contextvars.copy_context()
+    context.run(current_channel.set, channel)
+
+    def submit(task: Callable[[], None]) -> None:
+        if executor is None:
+            loop.run_in_executor(None, context.run, task)
+        else:
+            executor.submit(context.run, task)
+
+    producer: PushProducer | GeneratorProducer
+    if is_generator:
+        producer = GeneratorProducer(
+            channel,
+            method(handler, *args, **kwargs),  # runs no code of the method yet
+            submit,
+            first_chunk_only=handler.request.method == "HEAD",
+        )
+    else:
+        producer = PushProducer(channel, lambda: method(handler, *args, **kwargs), submit)
+    consumer = Consumer(
+        channel, handler, super(SafeStreamMixin, handler), producer.resume, options.stall_timeout
+    )
+    try:
+        producer.start()
+    except BaseException:
+        channel.detach()
+        raise
+    handler._safestream_consumer = consumer
+    try:
+        error = await consumer.run()
+    except BaseException:  # cancelled: let the producer go
+        consumer.client_gone()
+        raise
+    finally:
+        handler._safestream_consumer = None
+    await _conclude(handler, consumer, error)
+
+
+def _find_executor(handler: object, name: str, where: str) -> concurrent.futures.Executor | None:
+    executor = getattr(handler, name, None)
+    if executor is None or isinstance(executor, concurrent.futures.Executor):
+        return executor
+    raise TypeError(
+        f"{where}(): self.{name} is a {type(executor).__qualname__} object, not a "
+        "concurrent.futures.Executor (or None, for the IOLoop's default executor)"
+    )
+
+
+async def _conclude(
+    handler: RequestHandler, consumer: Consumer, error: BaseException | None
+) -> None:
+    if error is not None and not isinstance(error, Exception):
+        raise error  # KeyboardInterrupt, SystemExit, ...: not ours to swallow
+    if isinstance(error, StreamClosedError) and consumer.aborted:
+        error = None  # the client left, and the producer heard of it: not an error
+    failure = error if error is not None else consumer.failure
+    if failure is None:
+        if not handler._finished:
+            await _finish(handler, consumer.aborted)
+        return
+    if not handler._headers_written and not consumer.aborted:
+        raise failure  # nothing was sent: Tornado's own error path (log, write_error)
+    handler.log_exception(type(failure), failure, failure.__traceback__)
+    _cut(handler)
+
+
+async def _finish(handler: RequestHandler, aborted: bool) -> None:
+    try:
+        sent = handler.finish()
+    except Exception as error:
+        if not handler._headers_written or aborted:
+            raise
+        # For instance fewer bytes than the Content-Length the handler set.
+        handler.log_exception(type(error), error, error.__traceback__)
+        _cut(handler)
+        return
+    with contextlib.suppress(StreamClosedError):  # the client left during the last bytes
+        await sent
+
+
+def _cut(handler: RequestHandler) -> None:
+    """End the response without a proper end of body: close the connection, then finish."""
+    close = getattr(handler.request.connection, "close", None)
+    if close is not None:
+        close()
+    if not handler._finished:
+        try:
+            sent = handler.finish()  # on a closed connection: on_finish and the access log
+        except Exception:
+            return
+        sent.add_done_callback(ignore_outcome)
