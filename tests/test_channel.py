@@ -131,10 +131,12 @@ class TestBudget:
 
         run(body)
 
-    def test_put_parks_at_the_budget_and_is_resumed_below_it(self) -> None:
+    def test_put_says_full_at_the_budget_and_park_waits_for_a_resume(self) -> None:
         async def body(channel: Channel) -> None:
             assert await in_thread(lambda: channel.put(b"x" * 60)) is Put.MORE
             assert await in_thread(lambda: channel.put(b"x" * 40)) is Put.FULL
+            assert "parked=False" in repr(channel)  # not before the producer let go
+            assert await in_thread(channel.park)
             assert "parked=True" in repr(channel)
             assert not channel.sent(0)  # still full
             assert channel.sent(1)  # resume, once
@@ -142,11 +144,21 @@ class TestBudget:
 
         run(body)
 
+    def test_park_refuses_when_the_budget_freed_up_meanwhile(self) -> None:
+        async def body(channel: Channel) -> None:
+            assert await in_thread(lambda: channel.put(b"x" * 100)) is Put.FULL
+            assert not channel.sent(50)  # nobody parked yet: no resume from here
+            assert not await in_thread(channel.park)  # so the producer pulls on itself
+
+        run(body)
+
     def test_close_resumes_a_parked_producer_so_it_can_close_its_generator(self) -> None:
         async def body(channel: Channel) -> None:
             assert await in_thread(lambda: channel.put(b"x" * 100)) is Put.FULL
+            assert await in_thread(channel.park)
             assert channel.close(StreamClosedError())
             assert not channel.close(StreamClosedError())  # once
+            assert not await in_thread(channel.park)  # closed: close the generator now
 
         run(body)
 

@@ -15,8 +15,12 @@ What goes through it, in the order the producer made it:
 
 The budget: ``pending`` counts the bytes the producer wrote that are not yet handed to the
 socket. A push producer blocks while it is over ``max_buffer_bytes``; a generator producer
-*parks* (gives its thread back) once it reaches it, and the consumer resumes it as the
-budget frees.
+stops once it reaches it and *parks* (`Channel.park`, after giving its thread and context
+back), and the consumer resumes it as the budget frees or the stream closes.
+
+The producer's waits come back every `POLL_SECONDS` to check that the loop is not closed:
+a closed loop will never serve them, and a thread blocked for ever would hang the process
+at exit.
 
 .. warning::
 
@@ -37,7 +41,10 @@ from typing import Any, Union
 
 from tornado.iostream import StreamClosedError
 
-__all__ = ("FLUSH", "Call", "Channel", "End", "Op", "Put", "current_channel")
+__all__ = ("FLUSH", "POLL_SECONDS", "Call", "Channel", "End", "Op", "Put", "current_channel")
+
+#: How often a blocked producer checks that the loop is still there.
+POLL_SECONDS = 0.25
 
 
 class _Marker:
@@ -88,7 +95,7 @@ class Put(enum.Enum):
     """What a generator producer should do after `Channel.put`."""
 
     MORE = "more"  #: pull the next chunk
-    FULL = "full"  #: the budget is used up: parked, give the thread back
+    FULL = "full"  #: the budget is used up: stop pulling, then `Channel.park`
     CLOSED = "closed"  #: the stream is closed: close the generator
 
 
@@ -110,6 +117,7 @@ class Channel:
         max_buffer_bytes: int,
     ) -> None:
         # Immutable after construction: safe to read from any thread.
+        self.loop_thread = threading.get_ident()  # constructed on the loop
         self.handler = handler
         self.where = where
         self.max_buffer_bytes = max_buffer_bytes
@@ -189,14 +197,23 @@ class Channel:
             self._flush_requested = True
             wake = self._consumer_idle
             self._consumer_idle = False
-            if self._pending >= self.max_buffer_bytes:
-                self._parked = True
-                result = Put.FULL
-            else:
-                result = Put.MORE
+            full = self._pending >= self.max_buffer_bytes
         if wake:
             self._wake_consumer()
-        return result
+        return Put.FULL if full else Put.MORE
+
+    def park(self) -> bool:
+        """
+        After `Put.FULL`, once the producer's task let go of its thread's context.
+
+        :return: ``True`` if parked (the consumer will resume the producer); ``False`` if the
+            producer must go on at once: the budget freed up meanwhile, or the stream closed.
+        """
+        with self._lock:
+            if self._closed is not None or self._pending < self.max_buffer_bytes:
+                return False
+            self._parked = True
+            return True
 
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Have the loop call the handler's method ``name``; return or raise its outcome."""
@@ -210,7 +227,12 @@ class Channel:
             self._consumer_idle = False
         if wake:
             self._wake_consumer()
-        return call.future.result()
+        while True:
+            try:
+                return call.future.result(POLL_SECONDS)
+            except concurrent.futures.TimeoutError:
+                if self._loop.is_closed():
+                    raise StreamClosedError() from None
 
     def end(self, error: BaseException | None) -> None:
         """The producer is done. Never blocks."""
@@ -245,12 +267,13 @@ class Channel:
     def _wait_for_budget(self) -> None:
         with self._lock:
             while self._pending > self.max_buffer_bytes and self._closed is None:
-                self._budget.wait()
+                if not self._budget.wait(POLL_SECONDS) and self._loop.is_closed():
+                    self._closed = StreamClosedError()
             self._raise_if_closed()
 
     def _wake_consumer(self) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._on_wake)
+            self._loop.call_soon_threadsafe(self.wake)
         except RuntimeError:  # the loop is closed: nobody will ever send these bytes
             with self._lock:
                 if self._closed is None:
@@ -287,7 +310,8 @@ class Channel:
         finally:
             self._waiter = None
 
-    def _on_wake(self) -> None:
+    def wake(self) -> None:
+        """Wake `wait` (on the loop thread: producers schedule it with call_soon_threadsafe)."""
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from tornado.iostream import StreamClosedError
+from tornado.log import app_log
 
 from ._calls import FLUSHING_METHODS
-from ._channel import FLUSH, Call, Channel, End
+from ._channel import FLUSH, Call, Channel, End, Op
 
 if TYPE_CHECKING:
     from tornado.web import RequestHandler
@@ -35,7 +37,8 @@ class Consumer:
 
     :param base: the handler's methods as they are behind `.SafeStreamMixin`
         (``super(SafeStreamMixin, handler)``): what the producer's calls run as.
-    :param resume: called to resume a parked producer.
+    :param resume: submits a task that resumes a parked producer; may raise if the
+        executor was shut down.
     :param stall_timeout: seconds a flush may make no progress before the stream is aborted.
     """
 
@@ -50,13 +53,21 @@ class Consumer:
         self._channel = channel
         self._handler = handler
         self._base = base
-        self._resume = resume
+        self._resume_producer = resume
         self._stall_timeout = stall_timeout
         self._unflushed = 0  # bytes in the handler's buffer, not flushed yet
+        self._lost: BaseException | None = None  # the producer can't be resumed: why
+        #: The consumer itself is calling the handler (its methods may call each other).
+        self.calling = False
         #: The stream can carry no more bytes (client gone, or `failure`).
         self.aborted = False
         #: The error that broke the stream, when it was not the client leaving.
         self.failure: BaseException | None = None
+
+    @property
+    def where(self) -> str:
+        """The streaming method, ``"Class.method"``."""
+        return self._channel.where
 
     def __repr__(self) -> str:
         return (
@@ -67,49 +78,61 @@ class Consumer:
     async def run(self) -> BaseException | None:
         """Carry out the channel until the producer ends; return what the producer raised."""
         channel = self._channel
-        handler = self._handler
-        write = self._base.write
-        limit = channel.max_buffer_bytes
+        ended = False
         try:
-            while True:
+            while self._lost is None:
                 batch = channel.take()
                 if batch is None:
                     await channel.wait()
                     continue
                 ops, flush, future = batch
-                if handler._finished:  # finished on the loop behind the producer's back
-                    channel.mark_finished()
-                discard = self.aborted or handler._finished
-                dropped = 0
-                end: End | None = None
-                for op in ops:
-                    if type(op) is bytes:
-                        if discard:
-                            dropped += len(op)
-                        else:
-                            write(op)
-                            self._unflushed += len(op)
-                    elif op is FLUSH:
-                        await self._flush()
-                    elif type(op) is Call:
-                        await self._execute(op)
-                        discard = self.aborted or handler._finished
-                    else:
-                        assert type(op) is End, op
-                        end = op
-                if flush or self._unflushed > limit:
-                    await self._flush()
-                if dropped and channel.sent(dropped):
-                    self._resume()
+                try:
+                    end = await self._carry_out(ops, flush)
+                except BaseException:
+                    _fail_untaken(ops, future)
+                    raise
                 if future is not None:
                     if self.aborted:
                         future.set_exception(StreamClosedError(real_error=self.failure))
                     else:
                         future.set_result(None)
                 if end is not None:
+                    ended = True
                     return end.error
+            return self._lost
         finally:
+            if not ended:  # cancelled, or the producer is lost: let it go
+                self._abort(StreamClosedError())
             channel.detach()
+
+    async def _carry_out(self, ops: list[Op], flush: bool) -> End | None:
+        handler = self._handler
+        if handler._finished:  # finished on the loop behind the producer's back
+            self._channel.mark_finished()
+        write = self._base.write
+        discard = self.aborted or handler._finished
+        dropped = 0
+        end: End | None = None
+        for op in ops:
+            if type(op) is bytes:
+                if discard:
+                    dropped += len(op)
+                else:
+                    write(op)
+                    self._unflushed += len(op)
+            elif op is FLUSH:
+                await self._flush()
+            elif type(op) is Call:
+                await self._execute(op)
+                discard = self.aborted or handler._finished
+            else:
+                assert type(op) is End, op
+                end = op
+        if flush or self._unflushed > self._channel.max_buffer_bytes:
+            await self._flush()
+        if dropped:
+            self._sent(dropped)
+        return end
 
     def client_gone(self) -> None:
         """The connection closed (`.RequestHandler.on_connection_close`)."""
@@ -126,22 +149,33 @@ class Consumer:
         if self._channel.close(closed):
             self._resume()
 
+    def _resume(self) -> None:
+        try:
+            self._resume_producer()
+        except Exception as error:  # for instance the executor was shut down
+            self._lost = error
+            self._abort(error)
+            self._channel.wake()  # run() may be waiting for a producer that won't come
+
+    def _sent(self, nbytes: int) -> None:
+        if self._channel.sent(nbytes):
+            self._resume()
+
     async def _flush(self) -> None:
         nbytes = self._unflushed
         self._unflushed = 0
         if not self.aborted and not self._handler._finished:
             try:
-                await self._sent(self._base.flush())
+                await self.sent(self._call(self._base.flush))
             except Exception as error:
                 self._abort(error)
-        if self._channel.sent(nbytes):
-            self._resume()
+        self._sent(nbytes)
 
     async def _execute(self, call: Call) -> None:
         flushing = call.name in FLUSHING_METHODS
         nbytes = self._unflushed if flushing else 0
         try:
-            result = getattr(self._base, call.name)(*call.args, **call.kwargs)
+            result = self._call(getattr(self._base, call.name), *call.args, **call.kwargs)
         except BaseException as error:
             if self._handler._finished:
                 self._channel.mark_finished()
@@ -156,7 +190,7 @@ class Consumer:
             outcome: concurrent.futures.Future[None] = concurrent.futures.Future()
             call.future.set_result(outcome)
             try:
-                await self._sent(result)  # nothing may flush before this one is done
+                await self.sent(result)  # nothing may flush before this one is done
             except Exception as error:
                 outcome.set_exception(error)
                 self._abort(error)
@@ -164,46 +198,72 @@ class Consumer:
                 outcome.set_result(None)
         else:
             call.future.set_result(result)
-        if nbytes and self._channel.sent(nbytes):
-            self._resume()
+        if nbytes:
+            self._sent(nbytes)
 
-    async def _sent(self, future: asyncio.Future[None]) -> None:
+    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self.calling = True
+        try:
+            return method(*args, **kwargs)
+        finally:
+            self.calling = False
+
+    async def sent(self, future: asyncio.Future[None]) -> None:
         """
-        Wait until a flush's bytes are handed to the socket.
+        Wait until the bytes of a flush (the future it returned) are handed to the socket.
 
-        :raises StreamClosedError: if the connection closed first. (Tornado resolves a
-            pending flush future, without an error, when its connection closes.)
+        :raises StreamClosedError: if the connection closed first (Tornado resolves a
+            pending flush's future, without an error, when its connection closes), or made
+            no progress for ``stall_timeout`` seconds.
         """
         stream = getattr(self._handler.request.connection, "stream", None)
+        # Everything written to the stream so far, this flush included, must get out.
+        target = getattr(stream, "_total_write_index", None)
         if self._stall_timeout is None:
             await future
         else:
             await self._sent_before_stall(future, stream, self._stall_timeout)
         if stream is not None and stream.closed():
-            raise StreamClosedError(real_error=stream.error)
+            done = getattr(stream, "_total_write_done_index", None)
+            if target is None or done is None or done < target:
+                raise StreamClosedError(real_error=stream.error)
 
     async def _sent_before_stall(
         self, future: asyncio.Future[None], stream: Any, timeout: float
     ) -> None:
         progress = getattr(stream, "_total_write_done_index", None)
+        last_progress = time.monotonic()
         while True:
             try:
-                await asyncio.wait_for(asyncio.shield(future), timeout)
+                await asyncio.wait_for(asyncio.shield(future), timeout / 4)
                 return
             except asyncio.TimeoutError:
                 now = getattr(stream, "_total_write_done_index", None)
-                if now is None or now == progress:
+                if now is not None and now != progress:
+                    progress = now
+                    last_progress = time.monotonic()
+                elif time.monotonic() - last_progress >= timeout:
                     break
-                progress = now
-        stalled = TimeoutError(
-            f"{self._channel.where}(): the client took nothing for {timeout} s (stall_timeout)"
+        app_log.warning(
+            "%s(): %s took no bytes for %s s (stall_timeout): stream aborted",
+            self._channel.where,
+            self._handler.request.remote_ip,
+            timeout,
         )
         future.add_done_callback(ignore_outcome)
-        connection = self._handler.request.connection
-        close = getattr(connection, "close", None)
+        close = getattr(self._handler.request.connection, "close", None)
         if close is not None:
             close()
-        raise StreamClosedError(real_error=stalled)
+        raise StreamClosedError(real_error=TimeoutError(f"no progress for {timeout} s"))
+
+
+def _fail_untaken(ops: list[Op], future: concurrent.futures.Future[None] | None) -> None:
+    """The consumer stops mid-batch: fail what the producer may be waiting for."""
+    for op in ops:
+        if type(op) is Call and not op.future.done():
+            op.future.set_exception(StreamClosedError())
+    if future is not None and not future.done():
+        future.set_exception(StreamClosedError())
 
 
 def ignore_outcome(future: asyncio.Future[None]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import numbers
+import sys
 import types
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, cast, overload
@@ -80,7 +81,13 @@ class _StreamMethod:
         return f"<@stream_on_executor {style}-style method {self._method.__qualname__}>"
 
     def __set_name__(self, owner: type, name: str) -> None:
-        if issubclass(owner, RequestHandler) and not issubclass(owner, SafeStreamMixin):
+        # Python < 3.12 would wrap the TypeError in a RuntimeError: there, the same check
+        # fails the first request instead (500, and the TypeError logged).
+        if (
+            sys.version_info >= (3, 12)
+            and issubclass(owner, RequestHandler)
+            and not issubclass(owner, SafeStreamMixin)
+        ):
             raise TypeError(
                 f"@stream_on_executor method {owner.__qualname__}.{name}() needs the "
                 f"SafeStreamMixin: declare class {owner.__name__}(SafeStreamMixin, "

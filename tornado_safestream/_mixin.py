@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 from tornado.web import RequestHandler
 
-from ._calls import RESPONSE_METHODS
+from ._calls import FLUSHING_METHODS, RESPONSE_METHODS
 from ._channel import Channel, current_channel
 
 if TYPE_CHECKING:
@@ -22,12 +23,36 @@ else:
 __all__ = ("SafeStreamMixin",)
 
 
-def _producer_channel(handler: object) -> Channel | None:
-    """The channel to forward to: set only while ``handler``'s own producer runs this code."""
+def _producer_channel(handler: SafeStreamMixin, method: str) -> Channel | None:
+    """
+    The channel to forward ``handler.method()`` to, or ``None`` to call Tornado's own.
+
+    Forwarded: calls from ``handler``'s own producer, in an executor thread. (A callback the
+    producer scheduled on the loop runs in its context too, but on the loop thread: it is
+    not forwarded, or the loop would wait for itself.)
+
+    :raises RuntimeError: for a ``write`` or a flushing call on the loop thread while a
+        stream is running, other than the stream's own: it would race the stream.
+    """
     channel = current_channel.get()
-    if channel is None or channel.handler is not handler:
-        return None
-    return channel
+    if (
+        channel is not None
+        and channel.handler is handler
+        and threading.get_ident() != channel.loop_thread
+    ):
+        return channel
+    consumer = handler._safestream_consumer
+    if consumer is not None and not consumer.calling and method in _RACING_METHODS:
+        raise RuntimeError(
+            f"{type(handler).__qualname__}.{method}() was called on the IOLoop while "
+            f"{consumer.where}() streams this response; call it from that method (in the "
+            "executor), or after it returned"
+        )
+    return None
+
+
+#: Loop-side calls that would race a running stream.
+_RACING_METHODS = FLUSHING_METHODS | {"write"}
 
 
 class SafeStreamMixin(_HandlerBase):
@@ -74,7 +99,7 @@ class SafeStreamMixin(_HandlerBase):
             )
 
     def write(self, chunk: str | bytes | dict[str, Any]) -> None:
-        channel = _producer_channel(self)
+        channel = _producer_channel(self, "write")
         if channel is None:
             return super().write(chunk)
         if isinstance(chunk, bytes):
@@ -92,7 +117,7 @@ class SafeStreamMixin(_HandlerBase):
     def flush(  # type: ignore[override]
         self, include_footers: bool = False
     ) -> Future[None] | concurrent.futures.Future[None]:
-        channel = _producer_channel(self)
+        channel = _producer_channel(self, "flush")
         if channel is None:
             return super().flush(include_footers)
         if include_footers:
@@ -102,7 +127,7 @@ class SafeStreamMixin(_HandlerBase):
     def finish(  # type: ignore[override]
         self, chunk: str | bytes | dict[str, Any] | None = None
     ) -> Future[None] | concurrent.futures.Future[None]:
-        channel = _producer_channel(self)
+        channel = _producer_channel(self, "finish")
         if channel is None:
             return super().finish(chunk)
         return channel.call("finish", () if chunk is None else (chunk,), {})  # type: ignore[no-any-return]
@@ -116,7 +141,7 @@ class SafeStreamMixin(_HandlerBase):
 
 def _forwarding(name: str) -> Callable[..., Any]:
     def method(self: SafeStreamMixin, *args: Any, **kwargs: Any) -> Any:
-        channel = _producer_channel(self)
+        channel = _producer_channel(self, name)
         if channel is None:
             return getattr(super(SafeStreamMixin, self), name)(*args, **kwargs)
         return channel.call(name, args, kwargs)

@@ -8,12 +8,16 @@ one at a time, until the budget is used up, then *parks*: it gives the thread ba
 consumer resumes it (a new task) once the budget frees or the stream closes.
 
 Each task runs in the request's `contextvars.Context`, so context variables set on the loop
-before the method was called are visible in the producer, as with `asyncio.to_thread`.
+before the method was called are visible in the producer, as with `asyncio.to_thread`. A
+context can be entered by one thread at a time: a generator parks only after its task has
+left the context, so the task that resumes it can enter it.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
+import threading
 from collections.abc import Generator
 from typing import Callable
 
@@ -22,28 +26,46 @@ from ._chunks import to_bytes
 
 __all__ = ("GeneratorProducer", "PushProducer", "Submit")
 
-#: Runs a function in the stream's executor and context (called on the loop thread).
+#: Runs a task in the stream's executor (called on the loop thread; may raise if the
+#: executor is shut down).
 Submit = Callable[[Callable[[], None]], None]
+
+
+def _check_thread(channel: Channel) -> None:
+    if threading.get_ident() == channel.loop_thread:
+        raise RuntimeError(
+            f"{channel.where}(): the executor ran the method on the IOLoop thread; "
+            "@stream_on_executor needs an executor with threads of its own, such as a "
+            "concurrent.futures.ThreadPoolExecutor"
+        )
 
 
 class PushProducer:
     """Runs a plain method whose ``write``/``flush`` calls feed the channel."""
 
-    def __init__(self, channel: Channel, body: Callable[[], object], submit: Submit) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        body: Callable[[], object],
+        context: contextvars.Context,
+        submit: Submit,
+    ) -> None:
         self._channel = channel
         self._body = body
+        self._context = context
         self._submit = submit
 
     def start(self) -> None:
-        self._submit(self._run)
+        self._submit(self._task)
 
     def resume(self) -> None:
         """A push producer blocks instead of parking: nothing to resume."""
 
-    def _run(self) -> None:
+    def _task(self) -> None:
         # Runs in an executor thread.
         try:
-            result = self._body()
+            _check_thread(self._channel)
+            result = self._context.run(self._body)
             if result is not None and not isinstance(result, concurrent.futures.Future):
                 raise TypeError(
                     f"{self._channel.where}() returned a {type(result).__qualname__} object; a "
@@ -63,55 +85,64 @@ class GeneratorProducer:
         self,
         channel: Channel,
         generator: Generator[object, None, None],
+        context: contextvars.Context,
         submit: Submit,
         *,
         first_chunk_only: bool,
     ) -> None:
         self._channel = channel
         self._generator = generator
+        self._context = context
         self._submit = submit
         self._first_chunk_only = first_chunk_only  # HEAD: the body is discarded anyway
-        # Owned by the pull task that runs: the channel's park/resume handshake (under its
-        # lock) lets one run at a time, and the executor's queue orders them.
-        self._done = False
 
     def start(self) -> None:
-        self._submit(self._pull)
+        self._submit(self._task)
 
     def resume(self) -> None:
         """Called on the loop when the budget freed up or the stream closed."""
-        self._submit(self._pull)
+        self._submit(self._task)
 
-    def _pull(self) -> None:
-        # Runs in an executor thread, one at a time per stream.
-        if self._done:
+    def _task(self) -> None:
+        # Runs in an executor thread. One task at a time per stream: a new one is only
+        # submitted for a parked producer, and the channel parks it under its lock after
+        # this one is done with the generator and the context.
+        try:
+            _check_thread(self._channel)
+        except RuntimeError as error:
+            self._channel.end(error)
             return
+        while self._context.run(self._pull) and not self._channel.park():
+            pass  # the budget freed up before we could park: pull on in this thread
+
+    def _pull(self) -> bool:
+        """Pull until the budget is full (return ``True``) or the stream is over (``False``)."""
         channel = self._channel
         if channel.closed:
             self._close(None)
-            return
+            return False
         generator = self._generator
         where = channel.where
         while True:
             try:
                 chunk = next(generator)
             except StopIteration:
-                self._end(None)
-                return
+                channel.end(None)
+                return False
             except BaseException as error:
-                self._end(error)
-                return
+                channel.end(error)
+                return False
             try:
                 state = channel.put(to_bytes(chunk, where))
             except BaseException as error:  # a bad chunk, or a yield after finish()
                 self._close(error)
-                return
-            del chunk  # the generator may reuse it: we keep our own copy
+                return False
+            del chunk  # the generator may reuse it: the channel has its own copy
             if state is Put.CLOSED or self._first_chunk_only:
                 self._close(None)
-                return
+                return False
             if state is Put.FULL:
-                return  # parked: the consumer resumes us
+                return True
 
     def _close(self, error: BaseException | None) -> None:
         """Close the generator here, in the executor: its ``finally`` blocks run off the loop."""
@@ -120,8 +151,4 @@ class GeneratorProducer:
         except BaseException as close_error:
             if error is None:
                 error = close_error
-        self._end(error)
-
-    def _end(self, error: BaseException | None) -> None:
-        self._done = True
         self._channel.end(error)

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from tornado.iostream import StreamClosedError
-from tornado.web import RequestHandler
+from tornado.log import app_log
+from tornado.web import HTTPError, RequestHandler
 
 from ._channel import Channel, current_channel
 from ._consumer import Consumer, ignore_outcome
@@ -70,20 +71,21 @@ async def run_stream(
 
     def submit(task: Callable[[], None]) -> None:
         if executor is None:
-            loop.run_in_executor(None, context.run, task)
+            loop.run_in_executor(None, task).add_done_callback(_log_task_error)
         else:
-            executor.submit(context.run, task)
+            executor.submit(task).add_done_callback(_log_task_error)
 
     producer: PushProducer | GeneratorProducer
     if is_generator:
         producer = GeneratorProducer(
             channel,
             method(handler, *args, **kwargs),  # runs no code of the method yet
+            context,
             submit,
             first_chunk_only=handler.request.method == "HEAD",
         )
     else:
-        producer = PushProducer(channel, lambda: method(handler, *args, **kwargs), submit)
+        producer = PushProducer(channel, lambda: method(handler, *args, **kwargs), context, submit)
     consumer = Consumer(
         channel, handler, super(SafeStreamMixin, handler), producer.resume, options.stall_timeout
     )
@@ -101,6 +103,12 @@ async def run_stream(
     finally:
         handler._safestream_consumer = None
     await _conclude(handler, consumer, error)
+
+
+def _log_task_error(future: asyncio.Future[None] | concurrent.futures.Future[None]) -> None:
+    # A producer task hands every error of the method to the loop; one that escapes is ours.
+    if not future.cancelled() and future.exception() is not None:
+        app_log.error("tornado_safestream: a producer task failed", exc_info=future.exception())
 
 
 def _find_executor(handler: object, name: str, where: str) -> concurrent.futures.Executor | None:
@@ -123,26 +131,41 @@ async def _conclude(
     failure = error if error is not None else consumer.failure
     if failure is None:
         if not handler._finished:
-            await _finish(handler, consumer.aborted)
+            await _finish(handler, consumer)
         return
     if not handler._headers_written and not consumer.aborted:
         raise failure  # nothing was sent: Tornado's own error path (log, write_error)
-    handler.log_exception(type(failure), failure, failure.__traceback__)
-    _cut(handler)
+    _log_once(handler, failure)
+    if not handler._finished:  # a finished response is whole: keep the connection
+        _cut(handler)
 
 
-async def _finish(handler: RequestHandler, aborted: bool) -> None:
+async def _finish(handler: RequestHandler, consumer: Consumer) -> None:
     try:
         sent = handler.finish()
     except Exception as error:
-        if not handler._headers_written or aborted:
+        if not handler._headers_written or consumer.aborted:
             raise
         # For instance fewer bytes than the Content-Length the handler set.
-        handler.log_exception(type(error), error, error.__traceback__)
+        _log_once(handler, error)
         _cut(handler)
         return
     with contextlib.suppress(StreamClosedError):  # the client left during the last bytes
-        await sent
+        await consumer.sent(sent)
+
+
+def _log_once(handler: RequestHandler, error: BaseException) -> None:
+    """Log an error raised after the headers were sent: one record, whatever its type."""
+    if isinstance(error, HTTPError):
+        # log_exception would log nothing for an HTTPError without a log_message.
+        app_log.warning(
+            "%s raised %s after the response headers were sent: response cut short, %s",
+            handler._request_summary(),
+            error,
+            handler.request,
+        )
+    else:
+        handler.log_exception(type(error), error, error.__traceback__)
 
 
 def _cut(handler: RequestHandler) -> None:
