@@ -11,7 +11,7 @@ from typing import Callable, TypeVar
 import pytest
 from tornado.iostream import StreamClosedError
 
-from tornado_safestream._channel import FLUSH, Call, Channel, End, Put
+from tornado_safestream._channel import FLUSH, Call, Channel, End, Op, Put
 
 T = TypeVar("T")
 TIMEOUT = 10.0
@@ -37,7 +37,7 @@ async def in_thread(function: Callable[[], T]) -> T:
 
 class TestProducerSide:
     def test_writes_arrive_in_order_with_flushes_before_calls(self) -> None:
-        async def body(channel: Channel) -> list[object]:
+        async def body(channel: Channel) -> list[Op]:
             def produce() -> None:
                 channel.write(b"a")
                 channel.flush()
