@@ -1,0 +1,182 @@
+"""Exceptions in the worker: Tornado's error page before the headers, an aborted body after them."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future
+from typing import Any
+
+import pytest
+from helpers import (
+    TIMEOUT,
+    LogRecorder,
+    RawConnection,
+    Recorder,
+    ServerFactory,
+    ServerThread,
+    fetch,
+    payload,
+    record_text,
+)
+from tornado.web import HTTPError, RequestHandler
+
+from tornado_safestream import SafeStreamMixin, stream_on_executor
+
+KiB = 1024
+PREFIX = payload(10 * KiB, 4)
+
+
+class Base(SafeStreamMixin, RequestHandler):
+    def initialize(self, executor: Executor, rec: Recorder) -> None:
+        self.executor = executor
+        self.rec = rec
+
+    def prepare(self) -> None:
+        self.rec.add("prepare", threading.get_ident())
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.rec.add("write_error", status_code)
+        self.finish(f"custom error {status_code}")
+
+    def on_finish(self) -> None:
+        self.rec.add("on_finish")
+
+    def flushed_prefix(self) -> None:
+        """Write PREFIX and wait until it is on the socket, so the client must get all of it."""
+        self.write(PREFIX)
+        future = self.flush()
+        assert isinstance(future, Future)
+        future.result(timeout=TIMEOUT)
+
+
+class RaiseBeforeWrite(Base):
+    @stream_on_executor
+    def get(self) -> None:
+        self.rec.add("method", threading.get_ident())
+        self.set_header("X-Before", "1")
+        raise ValueError("boom-before")
+
+
+class RaiseAfterUnflushedWrite(Base):
+    @stream_on_executor
+    def get(self) -> None:
+        self.write(b"unflushed")  # below max_buffer_bytes, never flushed: headers not written yet
+        raise ValueError("boom-before")
+
+
+class Raise403(Base):
+    @stream_on_executor
+    def get(self) -> None:
+        raise HTTPError(403)
+
+
+class GeneratorRaiseBefore(Base):
+    @stream_on_executor
+    def get(self) -> Iterator[bytes]:
+        if self.request.method == "GET":
+            raise ValueError("boom-before")
+        yield b"never"
+
+
+class RaiseAfterFlush(Base):
+    @stream_on_executor
+    def get(self) -> None:
+        if self.get_argument("length", "0") == "1":
+            self.set_header("Content-Length", str(100 * KiB))
+        self.flushed_prefix()
+        raise RuntimeError("boom-after")
+
+
+class GeneratorRaiseAfterFirst(Base):
+    @stream_on_executor
+    def get(self) -> Iterator[bytes]:
+        if self.get_argument("length", "0") == "1":
+            self.set_header("Content-Length", str(100 * KiB))
+        yield PREFIX
+        raise RuntimeError("boom-after")
+
+
+def routes(
+    executor: Executor, rec: Recorder
+) -> list[tuple[str, type[RequestHandler], dict[str, object]]]:
+    kwargs: dict[str, object] = dict(executor=executor, rec=rec)
+    return [
+        ("/before", RaiseBeforeWrite, kwargs),
+        ("/unflushed", RaiseAfterUnflushedWrite, kwargs),
+        ("/403", Raise403, kwargs),
+        ("/gen-before", GeneratorRaiseBefore, kwargs),
+        ("/after", RaiseAfterFlush, kwargs),
+        ("/gen-after", GeneratorRaiseAfterFirst, kwargs),
+    ]
+
+
+def logged_once(srv: ServerThread, logs: LogRecorder, marker: str) -> None:
+    """Exactly one ERROR record (beside tornado.access's 5xx line), and it is about ``marker``."""
+    logs.wait_for_errors(1)
+    srv.stop()  # joins the loop thread: nothing more can be logged for this request
+    errors = logs.errors()
+    assert len(errors) == 1, [record_text(r) for r in errors]
+    assert marker in record_text(errors[0])
+
+
+class TestBeforeTheHeaders:
+    @pytest.mark.parametrize("path", ["/before", "/unflushed", "/gen-before"])
+    def test_exception_gives_tornados_error_page(
+        self, server: ServerFactory, executor: Executor, logs: LogRecorder, path: str
+    ) -> None:
+        rec = Recorder()
+        srv = server(routes(executor, rec))
+        response = fetch(srv.port, path)
+        assert response.status == 500
+        assert response.complete
+        assert response.body == b"custom error 500"
+        assert response.header("X-Before") is None
+        assert rec.wait_for("write_error") == 500
+        rec.wait_for("on_finish")
+        logged_once(srv, logs, "boom-before")
+
+    def test_http_error_status(
+        self, server: ServerFactory, executor: Executor, logs: LogRecorder
+    ) -> None:
+        rec = Recorder()
+        srv = server(routes(executor, rec))
+        response = fetch(srv.port, "/403")
+        assert response.status == 403
+        assert response.complete
+        assert response.body == b"custom error 403"
+        rec.wait_for("on_finish")
+        srv.stop()
+        assert logs.errors() == []
+
+    def test_prepare_then_method_then_on_finish(
+        self, server: ServerFactory, executor: Executor
+    ) -> None:
+        rec = Recorder()
+        srv = server(routes(executor, rec))
+        fetch(srv.port, "/before")
+        rec.wait_for("on_finish")
+        order = [n for n in rec.names() if n in ("prepare", "method", "write_error", "on_finish")]
+        assert order == ["prepare", "method", "write_error", "on_finish"]
+        assert rec.wait_for("prepare") == srv.loop_thread_ident
+        assert rec.wait_for("method") != srv.loop_thread_ident
+
+
+class TestAfterTheHeaders:
+    @pytest.mark.parametrize("length", ["0", "1"], ids=["chunked", "content-length"])
+    @pytest.mark.parametrize("path", ["/after", "/gen-after"], ids=["push", "generator"])
+    def test_connection_closed_without_a_proper_end(
+        self, server: ServerFactory, executor: Executor, logs: LogRecorder, path: str, length: str
+    ) -> None:
+        rec = Recorder()
+        srv = server(routes(executor, rec))
+        with RawConnection(srv.port) as conn:
+            response = conn.request("GET", f"{path}?length={length}")
+            assert response.status == 200
+            assert response.framing == ("length" if length == "1" else "chunked")
+            assert not response.complete, "a body cut short by an error was passed off as complete"
+            assert PREFIX.startswith(response.body)
+            if path == "/after":
+                assert response.body == PREFIX, "bytes flushed before the error were lost"
+        assert not rec.has("write_error")
+        logged_once(srv, logs, "boom-after")

@@ -1,0 +1,77 @@
+"""The public surface is exactly what API.md lists (cf. anyio tests/test_all_attributes.py)."""
+
+from __future__ import annotations
+import __future__
+
+import types
+from pathlib import Path
+
+import pytest
+
+import tornado_safestream
+
+#: API.md, "Top-level names"
+API_NAMES = (
+    "SafeStreamMixin",
+    "stream_on_executor",
+    "WrongThreadError",
+    "enable_thread_assertions",
+    "disable_thread_assertions",
+    "thread_assertions",
+    "__version__",
+)
+#: the names issue 2 builds (the rest come with assertion mode)
+ENGINE_NAMES = ("SafeStreamMixin", "stream_on_executor", "__version__")
+
+assertion_mode_missing = pytest.mark.skipif(
+    not hasattr(tornado_safestream, "thread_assertions"), reason="assertion mode not built yet"
+)
+
+
+class TestPublicApi:
+    def test_all_is_a_tuple_without_duplicates(self) -> None:
+        assert isinstance(tornado_safestream.__all__, tuple)
+        assert len(set(tornado_safestream.__all__)) == len(tornado_safestream.__all__)
+
+    def test_engine_names_exported_and_importable(self) -> None:
+        for name in ENGINE_NAMES:
+            assert name in tornado_safestream.__all__
+            assert getattr(tornado_safestream, name) is not None
+
+    @assertion_mode_missing
+    def test_all_equals_api_names(self) -> None:
+        assert sorted(tornado_safestream.__all__) == sorted(API_NAMES)
+        for name in API_NAMES:
+            assert hasattr(tornado_safestream, name), name
+
+    def test_all_lists_only_api_names(self) -> None:
+        assert set(tornado_safestream.__all__) <= set(API_NAMES)
+
+    def test_nothing_else_public(self) -> None:
+        public = {
+            name
+            for name, value in vars(tornado_safestream).items()
+            if not name.startswith("_")
+            and not isinstance(value, types.ModuleType)
+            and value is not __future__.annotations
+        }
+        assert public <= set(tornado_safestream.__all__), public - set(tornado_safestream.__all__)
+
+    def test_objects_come_from_the_package(self) -> None:
+        for name in ("SafeStreamMixin", "stream_on_executor"):
+            module = getattr(tornado_safestream, name).__module__
+            assert module.split(".")[0] == "tornado_safestream", (name, module)
+
+    def test_version_is_a_string(self) -> None:
+        assert isinstance(tornado_safestream.__version__, str)
+        assert tornado_safestream.__version__
+
+    def test_py_typed_is_shipped(self) -> None:
+        assert tornado_safestream.__file__ is not None
+        assert (Path(tornado_safestream.__file__).parent / "py.typed").is_file()
+
+    @assertion_mode_missing
+    def test_wrong_thread_error_is_a_runtime_error(self) -> None:
+        error_class = vars(tornado_safestream)["WrongThreadError"]
+        assert isinstance(error_class, type)
+        assert issubclass(error_class, RuntimeError)
