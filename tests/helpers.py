@@ -195,6 +195,15 @@ class LogRecorder(logging.Handler):
                 )
         return self.errors()
 
+    def wait_for_record(
+        self, predicate: Callable[[logging.LogRecord], bool], timeout: float = TIMEOUT
+    ) -> logging.LogRecord:
+        """The first record (from any thread, any level) that ``predicate`` accepts."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: any(predicate(r) for r in self.records), timeout):
+                raise AssertionError(f"no matching log record in {timeout}s; got {self.records!r}")
+            return next(r for r in self.records if predicate(r))
+
     def __enter__(self) -> LogRecorder:
         root = logging.getLogger()
         self._old_level = root.level

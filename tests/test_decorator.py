@@ -18,6 +18,7 @@ from helpers import (
     fetch,
     record_text,
 )
+from tornado.concurrent import dummy_executor
 from tornado.web import RequestHandler
 
 from tornado_safestream import SafeStreamMixin, stream_on_executor
@@ -122,6 +123,23 @@ class BadExecutorPush(SafeStreamMixin, RequestHandler):
 class BadExecutorGenerator(SafeStreamMixin, RequestHandler):
     def initialize(self) -> None:
         self.executor = 42
+
+    @stream_on_executor
+    def get(self) -> Iterator[bytes]:
+        yield b"never"
+
+
+class InlineExecutorPush(SafeStreamMixin, RequestHandler):
+    executor = dummy_executor  # runs each task inline, in submit(): on the IOLoop thread
+
+    @stream_on_executor
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain")
+        self.write(b"never")
+
+
+class InlineExecutorGenerator(SafeStreamMixin, RequestHandler):
+    executor = dummy_executor
 
     @stream_on_executor
     def get(self) -> Iterator[bytes]:
@@ -263,6 +281,25 @@ class TestMisuse:
         errors = logs.wait_for_errors(1)
         text = "\n".join(record_text(r) for r in errors)
         assert "TypeError" in text and names_class_and_method(text, handler.__name__, "get"), text
+
+    @pytest.mark.parametrize(
+        "handler", [InlineExecutorPush, InlineExecutorGenerator], ids=["push", "generator"]
+    )
+    def test_executor_that_runs_tasks_inline(
+        self, server: ServerFactory, logs: LogRecorder, handler: type[RequestHandler]
+    ) -> None:
+        # Regression: the method ran on the loop thread, and its first response method call
+        # waited for the loop, which was the caller: the loop hung for ever.
+        srv = server([("/", handler, {})])
+        response = fetch(srv.port, "/")
+        assert response.status == 500
+        assert response.complete
+        assert b"never" not in response.body
+        errors = logs.wait_for_errors(1)
+        text = "\n".join(record_text(r) for r in errors)
+        assert "RuntimeError" in text and "IOLoop thread" in text, text
+        assert names_class_and_method(text, handler.__name__, "get"), text
+        assert srv.run_on_loop(lambda: "responsive") == "responsive"
 
     def test_yielding_an_int_before_the_headers(
         self, server: ServerFactory, executor: Executor, logs: LogRecorder

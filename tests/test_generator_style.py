@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from collections.abc import Iterator
-from concurrent.futures import Executor
-from typing import Union
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Callable, Union
 
 import pytest
 from helpers import (
@@ -20,6 +21,7 @@ from helpers import (
     sha256,
     split,
 )
+from tornado.ioloop import IOLoop
 from tornado.web import RequestHandler
 
 from tornado_safestream import SafeStreamMixin, stream_on_executor
@@ -166,6 +168,102 @@ class TinyChunks(SafeStreamMixin, RequestHandler):
     @stream_on_executor
     def get(self) -> Iterator[bytes]:
         yield from split(payload(1024 * KiB, int(self.get_argument("seed"))), 64)
+
+
+PARK_CHUNK = 2 * KiB
+PARK_SIZE = 256 * KiB
+#: Loop iterations a chunk gives the IOLoop to send it and react (a handful are enough).
+LOOP_ROUND_TRIPS = 20
+
+
+class ParkEveryChunk(SafeStreamMixin, RequestHandler):
+    """Every chunk fills the read-ahead: the generator parks, and is resumed, after each yield."""
+
+    def initialize(self, executor: Executor) -> None:
+        self.executor = executor
+
+    @stream_on_executor(max_buffer_bytes=PARK_CHUNK)
+    def get(self) -> Iterator[bytes]:
+        yield from split(payload(PARK_SIZE, int(self.get_argument("seed"))), PARK_CHUNK)
+
+
+class NotifiesWhenDropped(bytes):
+    """A chunk that calls ``on_drop`` when its last reference goes (CPython: at once)."""
+
+    on_drop: Callable[[], None] | None = None
+
+    def __del__(self) -> None:
+        if self.on_drop is not None:
+            self.on_drop()
+
+
+class LoopCatchesUpBeforeThePullTaskEnds(SafeStreamMixin, RequestHandler):
+    """Holds the pull task where a resume used to get lost, until the loop had its go.
+
+    Each chunk fills the read-ahead. The library drops the yielded object in the pull task,
+    after queuing its copy and before the task lets go of the request's context; from there
+    the chunk lets the loop send it (and resume the producer, if the library thinks it
+    parked already), then waits until the executor's other thread ran whatever the loop
+    submitted meanwhile. The executor must have exactly two threads.
+    """
+
+    def initialize(self, executor: ThreadPoolExecutor) -> None:
+        self.executor = executor
+        self.io_loop = IOLoop.current()
+
+    def let_the_loop_catch_up(self) -> None:
+        for _ in range(LOOP_ROUND_TRIPS):
+            ran = threading.Event()
+            self.io_loop.add_callback(ran.set)
+            if not ran.wait(TIMEOUT):
+                return
+        # this task holds one of the two threads: the probe runs on the other one, after
+        # what is queued before it
+        concurrent.futures.wait([self.executor.submit(int)], timeout=TIMEOUT)
+
+    def chunk(self, piece: bytes) -> NotifiesWhenDropped:
+        chunk = NotifiesWhenDropped(piece)
+        chunk.on_drop = self.let_the_loop_catch_up
+        return chunk
+
+    @stream_on_executor(max_buffer_bytes=PARK_CHUNK)
+    def get(self) -> Iterator[bytes]:
+        for piece in split(payload(32 * PARK_CHUNK, 13), PARK_CHUNK):
+            yield self.chunk(piece)  # not kept here: the library holds the only reference
+
+
+def test_resume_while_the_pull_task_is_still_in_the_request_context(
+    server: ServerFactory, make_executor: ExecutorFactory
+) -> None:
+    # Regression: a generator was marked parked as soon as put() found the budget full, so
+    # the loop could submit the resume while the parking task was still inside the request's
+    # contextvars.Context. The resume task then failed to enter it (RuntimeError, lost in the
+    # executor's future), and the stream hung for ever. This makes that interleaving certain.
+    pool = make_executor(2, "test-worker")
+    srv = server([("/", LoopCatchesUpBeforeThePullTaskEnds, dict(executor=pool))])
+    response = fetch(srv.port, "/")
+    assert response.complete
+    assert sha256(response.body) == sha256(payload(32 * PARK_CHUNK, 13))
+
+
+@pytest.mark.usefixtures("fast_thread_switching")
+def test_park_resume_stress_every_download_completes(
+    server: ServerFactory, executor: Executor, make_executor: ExecutorFactory
+) -> None:
+    # The same lost resume, as it happened by itself: 8 concurrent streams parking after
+    # every 2 KiB chunk (128 parks each) hung in every run before the fix.
+    srv = server([("/", ParkEveryChunk, dict(executor=executor))])
+    clients = make_executor(8, "client")
+    futures = [clients.submit(fetch, srv.port, f"/?seed={seed}") for seed in range(8)]
+    for seed, future in enumerate(futures):
+        try:
+            response = future.result(timeout=3 * TIMEOUT)
+        except OSError as exc:  # the socket timed out: the stream stopped
+            raise AssertionError(f"download {seed} never completed (a lost resume?)") from exc
+        assert response.complete, f"download {seed} ended early"
+        assert sha256(response.body) == sha256(payload(PARK_SIZE, seed)), (
+            f"download {seed} corrupted"
+        )
 
 
 @pytest.mark.usefixtures("fast_thread_switching")

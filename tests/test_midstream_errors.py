@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from helpers import (
     TIMEOUT,
+    ConnectionClosed,
     LogRecorder,
     RawConnection,
     Recorder,
@@ -97,6 +99,34 @@ class GeneratorRaiseAfterFirst(Base):
         raise RuntimeError("boom-after")
 
 
+class HTTPErrorAfterFlush(Base):
+    @stream_on_executor
+    def get(self) -> None:
+        self.flushed_prefix()
+        raise HTTPError(503)
+
+
+class GeneratorHTTPErrorAfterFirst(Base):
+    @stream_on_executor
+    def get(self) -> Iterator[bytes]:
+        yield PREFIX
+        raise HTTPError(404)
+
+
+class FinishThenRaise(Base):
+    @stream_on_executor
+    def get(self) -> None:
+        finished = self.finish(b"complete")
+        assert isinstance(finished, Future)
+        finished.result(timeout=TIMEOUT)
+        raise ValueError("cleanup failed after the response was complete")
+
+
+class Ok(RequestHandler):
+    def get(self) -> None:
+        self.write(b"ok")
+
+
 def routes(
     executor: Executor, rec: Recorder
 ) -> list[tuple[str, type[RequestHandler], dict[str, object]]]:
@@ -108,6 +138,10 @@ def routes(
         ("/gen-before", GeneratorRaiseBefore, kwargs),
         ("/after", RaiseAfterFlush, kwargs),
         ("/gen-after", GeneratorRaiseAfterFirst, kwargs),
+        ("/http-error-after", HTTPErrorAfterFlush, kwargs),
+        ("/gen-http-error-after", GeneratorHTTPErrorAfterFirst, kwargs),
+        ("/finish-then-raise", FinishThenRaise, kwargs),
+        ("/ok", Ok, {}),
     ]
 
 
@@ -180,3 +214,47 @@ class TestAfterTheHeaders:
                 assert response.body == PREFIX, "bytes flushed before the error were lost"
         assert not rec.has("write_error")
         logged_once(srv, logs, "boom-after")
+
+    @pytest.mark.parametrize(
+        ("path", "status"),
+        [("/http-error-after", "503"), ("/gen-http-error-after", "404")],
+        ids=["push", "generator"],
+    )
+    def test_http_error_is_logged_once_and_the_body_cut_short(
+        self, server: ServerFactory, executor: Executor, logs: LogRecorder, path: str, status: str
+    ) -> None:
+        # Regression: log_exception() logs nothing for an HTTPError without a log_message, so
+        # an HTTPError raised after the headers cut the response without a word in the log.
+        rec = Recorder()
+        srv = server(routes(executor, rec))
+        response = fetch(srv.port, path)
+        assert response.status == 200
+        assert not response.complete, "a body cut short by an error was passed off as complete"
+        assert response.body == PREFIX
+        assert not rec.has("write_error")
+        srv.stop()  # joins the loop thread: nothing more can be logged for this request
+        records = [
+            r for r in logs.records if r.levelno >= logging.WARNING and r.name != "tornado.access"
+        ]
+        assert len(records) == 1, [record_text(r) for r in records]
+        assert records[0].levelno == logging.WARNING, record_text(records[0])
+        assert status in record_text(records[0]), record_text(records[0])
+
+    def test_error_after_a_finish_in_the_worker_keeps_the_connection(
+        self, server: ServerFactory, executor: Executor, logs: LogRecorder
+    ) -> None:
+        # Regression: the response was complete, yet the connection was closed for the error.
+        rec = Recorder()
+        srv = server(routes(executor, rec))
+        with RawConnection(srv.port) as conn:
+            first = conn.request("GET", "/finish-then-raise")
+            assert first.status == 200
+            assert first.complete
+            assert first.body == b"complete"
+            logs.wait_for_errors(1)  # the error is handled: the connection was kept, or not
+            try:
+                second = conn.request("GET", "/ok")
+            except (ConnectionClosed, OSError) as exc:
+                raise AssertionError("the connection was closed after a whole response") from exc
+            assert second.status == 200 and second.complete and second.body == b"ok"
+        logged_once(srv, logs, "cleanup failed after the response was complete")

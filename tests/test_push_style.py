@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 import pytest
 from helpers import (
     TIMEOUT,
     ExecutorFactory,
+    LogRecorder,
     Progress,
     RawConnection,
     Recorder,
     ServerFactory,
     fetch,
     payload,
+    record_text,
     sha256,
     split,
 )
+from tornado.ioloop import IOLoop
 from tornado.web import RequestHandler
 
 from tornado_safestream import SafeStreamMixin, stream_on_executor
@@ -188,6 +192,22 @@ class FlushFuture(SafeStreamMixin, RequestHandler):
         self.write(b"def")
 
 
+class FinishFuture(SafeStreamMixin, RequestHandler):
+    def initialize(self, executor: Executor, rec: Recorder) -> None:
+        self.executor = executor
+        self.rec = rec
+
+    @stream_on_executor
+    def get(self) -> None:
+        self.write(b"a" * 1000)
+        flushed = self.flush()
+        assert isinstance(flushed, concurrent.futures.Future)
+        flushed.result(timeout=TIMEOUT)
+        finished = self.finish(b"the end")
+        assert isinstance(finished, concurrent.futures.Future)
+        self.rec.add("finish_error", finished.exception(timeout=TIMEOUT))
+
+
 class ResponseMethods(SafeStreamMixin, RequestHandler):
     def initialize(self, executor: Executor, rec: Recorder) -> None:
         self.executor = executor
@@ -310,6 +330,7 @@ def simple_routes(
     kwargs: dict[str, object] = dict(executor=executor, rec=rec)
     return [
         ("/flush-future", FlushFuture, kwargs),
+        ("/finish-future", FinishFuture, kwargs),
         ("/methods", ResponseMethods, kwargs),
         ("/redirect-early", RedirectEarly, kwargs),
         ("/redirect-late", RedirectLate, kwargs),
@@ -333,6 +354,20 @@ class TestResponseMethodsFromTheWorker:
         assert isinstance(flush_type, type) and issubclass(flush_type, concurrent.futures.Future)
         assert rec.wait_for("exception") is None
         assert rec.wait_for("done") is True
+
+    @pytest.mark.parametrize("connection", ["keep-alive", "close"])
+    def test_finish_future_succeeds_once_the_body_is_sent(
+        self, server: ServerFactory, executor: Executor, connection: str
+    ) -> None:
+        # Regression: with "Connection: close" Tornado closes the stream as soon as the last
+        # byte is written, and the worker's finish() future failed with StreamClosedError
+        # although the whole body had been sent.
+        rec = Recorder()
+        srv = server(simple_routes(executor, rec))
+        response = fetch(srv.port, "/finish-future", headers={"Connection": connection})
+        assert response.complete
+        assert response.body == b"a" * 1000 + b"the end"
+        assert rec.wait_for("finish_error") is None
 
     def test_header_and_cookie_methods(self, server: ServerFactory, executor: Executor) -> None:
         rec = Recorder()
@@ -461,3 +496,130 @@ class TestKeepAlive:
         assert sha256(first.body) == sha256(payload(size, 1))
         assert second.complete and sha256(second.body) == sha256(payload(size, 2))
         assert third.complete and sha256(third.body) == sha256(payload(size, 3))
+
+
+class ScheduleOnTheLoop(SafeStreamMixin, RequestHandler):
+    """Legacy worker code hands a response method to the loop with ``add_callback``.
+
+    The callback runs on the loop in a copy of the worker's context. ``?method=`` picks it.
+    """
+
+    def initialize(self, executor: Executor, rec: Recorder) -> None:
+        self.executor = executor
+        self.rec = rec
+        self.io_loop = IOLoop.current()
+
+    @stream_on_executor
+    def get(self) -> None:
+        self.write(b"hello ")
+        self.flush()
+        if self.get_argument("method") == "set_header":
+            self.io_loop.add_callback(self.set_header, "X-Late", "1")
+        else:
+            self.io_loop.add_callback(self.flush)
+        ran = threading.Event()
+        self.io_loop.add_callback(ran.set)  # callbacks run in order: after the one above
+        self.rec.add("loop_ran_the_callback", ran.wait(TIMEOUT))
+        self.write(b"world")
+
+
+LOOP_CALL_SIZE = 512 * KiB
+
+
+class LoopSideCall(SafeStreamMixin, RequestHandler):
+    """Loop code (the test, through ``run_on_loop``) calls ``?method=`` while ``body`` streams.
+
+    ``body`` flushes more than the socket buffers hold and waits, so a flush is in progress
+    when the call comes.
+    """
+
+    def initialize(self, executor: Executor, rec: Recorder) -> None:
+        self.executor = executor
+        self.rec = rec
+
+    def prepare(self) -> None:
+        self.rec.add("handler", self)
+
+    async def get(self) -> None:
+        await self.body()
+
+    @stream_on_executor(max_buffer_bytes=MiB)
+    def body(self) -> None:
+        data = payload(LOOP_CALL_SIZE, 6)
+        self.write(data[: LOOP_CALL_SIZE // 2])
+        self.flush()
+        self.rec.add("flushing")
+        self.rec.wait_for("loop_call")
+        self.write(data[LOOP_CALL_SIZE // 2 :])
+
+    def call_from_the_loop(self) -> None:
+        method = self.get_argument("method")
+        error: Exception | None = None
+        try:
+            if method == "write":
+                self.write(b"from the loop")
+            elif method == "flush":
+                self.flush()
+            else:
+                self.finish()
+        except Exception as exc:
+            error = exc
+        self.rec.add("loop_call", error)
+
+
+class TestCallsOnTheLoopDuringAStream:
+    def test_set_header_scheduled_by_the_worker_runs_on_the_loop(
+        self, server: ServerFactory, executor: Executor, logs: LogRecorder
+    ) -> None:
+        # Regression: the callback inherits the worker's context, so it was forwarded to the
+        # channel as if the worker had called it, and the loop waited for itself for ever.
+        rec = Recorder()
+        srv = server([("/", ScheduleOnTheLoop, dict(executor=executor, rec=rec))])
+        response = fetch(srv.port, "/?method=set_header")
+        assert rec.wait_for("loop_ran_the_callback") is True, "the IOLoop stopped responding"
+        assert response.complete
+        assert response.body == b"hello world"
+        assert response.header("X-Late") is None  # after the first flush: no effect, as in Tornado
+        srv.stop()
+        assert logs.errors() == []
+
+    def test_flush_scheduled_by_the_worker_raises_on_the_loop(
+        self, server: ServerFactory, executor: Executor, logs: LogRecorder
+    ) -> None:
+        rec = Recorder()
+        srv = server([("/", ScheduleOnTheLoop, dict(executor=executor, rec=rec))])
+        response = fetch(srv.port, "/?method=flush")
+        assert rec.wait_for("loop_ran_the_callback") is True, "the IOLoop stopped responding"
+        assert response.complete
+        assert response.body == b"hello world"
+        # the loop logs what its callback raised
+        errors = logs.wait_for_errors(1)
+        text = "\n".join(record_text(r) for r in errors)
+        assert "RuntimeError" in text, text
+        assert "ScheduleOnTheLoop.flush" in text and "ScheduleOnTheLoop.get" in text, text
+
+    @pytest.mark.parametrize("method", ["write", "flush", "finish"])
+    def test_loop_side_call_raises_and_the_stream_completes(
+        self, server: ServerFactory, executor: Executor, method: str
+    ) -> None:
+        # Regression: a loop-side finish() (say, a timeout callback) replaced the connection's
+        # write future under the stream's flush, which then never completed; write() and
+        # flush() raced the stream's own.
+        rec = Recorder()
+        srv = server([("/", LoopSideCall, dict(executor=executor, rec=rec))], sndbuf=16 * KiB)
+        with RawConnection(srv.port, rcvbuf=8 * KiB, recv_size=KiB) as conn:
+            conn.send_request("GET", f"/?method={method}")
+            head = conn.read_head()  # then stall, so the stream's flush stays in progress
+            handler = rec.wait_for("handler")
+            assert isinstance(handler, LoopSideCall)
+            rec.wait_for("flushing")
+            srv.run_on_loop(handler.call_from_the_loop)
+            error = rec.wait_for("loop_call")
+            assert isinstance(error, RuntimeError), (
+                f"{method}() on the loop did not raise: {error!r}"
+            )
+            assert f"LoopSideCall.{method}" in str(error), str(error)
+            assert "LoopSideCall.body" in str(error), str(error)
+            response = conn.body_reader(head).response()
+        assert response.complete
+        assert sha256(response.body) == sha256(payload(LOOP_CALL_SIZE, 6))
