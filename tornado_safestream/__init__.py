@@ -5,17 +5,28 @@ Tornado's `~tornado.web.RequestHandler` may only be used on its IOLoop's thread.
 `SafeStreamMixin` and `stream_on_executor`, a handler method runs in an executor and
 writes (push style) or yields (generator style) its response there, while every
 ``write``/``flush`` is done on the loop, in order, with backpressure.
+
+Assertion mode (`enable_thread_assertions`, `thread_assertions`, and the ``safestream``
+pytest plugin) makes any call to Tornado from the wrong thread raise `WrongThreadError`.
 """
 
 from __future__ import annotations
 
 __all__ = (
     "SafeStreamMixin",
+    "WrongThreadError",
     "__version__",
+    "disable_thread_assertions",
+    "enable_thread_assertions",
     "stream_on_executor",
+    "thread_assertions",
 )
 
+from ._assertions import disable_thread_assertions as disable_thread_assertions
+from ._assertions import enable_thread_assertions as enable_thread_assertions
+from ._assertions import thread_assertions as thread_assertions
 from ._decorator import stream_on_executor as stream_on_executor
+from ._errors import WrongThreadError as WrongThreadError
 from ._mixin import SafeStreamMixin as SafeStreamMixin
 
 __version__ = "0.1.0"
