@@ -24,6 +24,7 @@ import functools
 import linecache
 import os
 import sys
+import sysconfig
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -38,7 +39,10 @@ __all__ = (
     "add_listener",
     "disable_thread_assertions",
     "enable_thread_assertions",
+    "enabled",
+    "hold",
     "recorded_since",
+    "release",
     "remove_listener",
     "thread_assertions",
     "violation_count",
@@ -71,10 +75,13 @@ _IOLOOP_METHODS = (
 )
 _RECORD_SIZE = 256
 
-_running_loop = asyncio._get_running_loop  # no exception when there is none: fast
-_SKIPPED_DIRS = (
+_running_loop = asyncio._get_running_loop  # no exception when there is none
+_OURS = (
     os.path.dirname(os.path.abspath(tornado.__file__)) + os.sep,
     os.path.dirname(os.path.abspath(__file__)) + os.sep,
+)
+_STDLIB = tuple(
+    {os.path.abspath(sysconfig.get_paths()[key]) + os.sep for key in ("stdlib", "platstdlib")}
 )
 
 LoopOf = Callable[[Any], "asyncio.AbstractEventLoop | None"]
@@ -87,21 +94,46 @@ class _Target(NamedTuple):
     loop_of: LoopOf  #: the object's asyncio loop, if it can be told
 
 
+# The object's asyncio loop, or None where it can't be told (a detached connection, a
+# handler without a request): such objects are not checked.
+
+
 def _stream_loop(stream: Any) -> asyncio.AbstractEventLoop | None:
-    return getattr(getattr(stream, "io_loop", None), "asyncio_loop", None)
+    try:
+        return stream.io_loop.asyncio_loop  # type: ignore[no-any-return]
+    except AttributeError:
+        return None
 
 
 def _connection_loop(connection: Any) -> asyncio.AbstractEventLoop | None:
-    return _stream_loop(getattr(connection, "stream", None))
+    try:
+        return connection.stream.io_loop.asyncio_loop  # type: ignore[no-any-return]
+    except AttributeError:
+        return None
 
 
 def _handler_loop(handler: Any) -> asyncio.AbstractEventLoop | None:
-    request = getattr(handler, "request", None)
-    return _connection_loop(getattr(request, "connection", None))
+    try:
+        return handler.request.connection.stream.io_loop.asyncio_loop  # type: ignore[no-any-return]
+    except AttributeError:
+        return None
 
 
 def _ioloop_loop(io_loop: Any) -> asyncio.AbstractEventLoop | None:
-    return getattr(io_loop, "asyncio_loop", None)
+    try:
+        return io_loop.asyncio_loop  # type: ignore[no-any-return]
+    except AttributeError:
+        return None
+
+
+def _wrong_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` is running, in a thread other than this one."""
+    try:
+        # asyncio's own loops: the thread they run in, or None when not running.
+        owner = loop._thread_id  # type: ignore[attr-defined]
+    except AttributeError:  # another loop implementation: ask asyncio instead
+        return loop is not _running_loop() and loop.is_running()
+    return owner is not None and owner != threading.get_ident()
 
 
 def _targets() -> list[_Target]:
@@ -157,9 +189,10 @@ def _guard(target: _Target, original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def guarded(self: object, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True  # pytest: show the caller's line, not this frame
-        loop = loop_of(self)
-        if loop is not None and loop is not _running_loop() and loop.is_running():
-            _violation(f"{label(self)}.{name}()", loop)
+        if _checking:
+            loop = loop_of(self)
+            if loop is not None and _wrong_thread(loop):
+                _violation(f"{label(self)}.{name}()", loop)
         return original(self, *args, **kwargs)
 
     return guarded
@@ -176,18 +209,29 @@ def _violation(method: str, loop: asyncio.AbstractEventLoop) -> None:
         lineno,
         source_line,
     )
-    _record.add(error)
+    # The record keeps a copy without the traceback, which would keep every frame alive.
+    _record.add(WrongThreadError(*error._facts()))  # type: ignore[arg-type]
     raise error
 
 
 def _call_site(frame: FrameType | None) -> tuple[str | None, int | None, str]:
-    """The first frame outside Tornado and this package: the user's line."""
-    while frame is not None:
-        filename = frame.f_code.co_filename
-        if not os.path.abspath(filename).startswith(_SKIPPED_DIRS):
-            lineno = frame.f_lineno
-            return filename, lineno, linecache.getline(filename, lineno).strip()
-        frame = frame.f_back
+    """
+    The user's line: the first frame outside Tornado, this package and the standard library
+    (a Tornado method handed to ``executor.submit`` or a ``threading.Timer`` is called from
+    the standard library), or else outside Tornado and this package.
+    """
+    for skip_stdlib in (True, False):
+        current = frame
+        while current is not None:
+            filename = current.f_code.co_filename
+            path = os.path.abspath(filename)
+            user = not path.startswith(_OURS) and not (
+                skip_stdlib and path.startswith(_STDLIB) and "-packages" + os.sep not in path
+            )
+            if user:
+                lineno = current.f_lineno
+                return filename, lineno, linecache.getline(filename, lineno).strip()
+            current = current.f_back
     return None, None, ""
 
 
@@ -243,7 +287,31 @@ remove_listener = _record.remove_listener
 
 _state_lock = threading.Lock()
 # --- guarded by _state_lock ---
-_originals: list[tuple[type, str, object]] = []  # non-empty while enabled
+_installed: list[tuple[type, str, object, object]] = []  # (class, name, original, guard)
+_explicit = False  # enable_thread_assertions() was called (and not undone)
+_holds = 0  # thread_assertions() blocks (and the pytest plugin) that want it on
+# Written under _state_lock, read by the guards without it: a stale read during a switch
+# only checks, or skips, one call more.
+_checking = False
+
+
+def _update() -> None:
+    # Warning! Call with _state_lock held. Install or remove the guards to match the state.
+    global _checking
+    wanted = _explicit or _holds > 0
+    if wanted and not _installed:
+        for target in _targets():
+            original = target.cls.__dict__[target.name]
+            guard = _guard(target, original)
+            _installed.append((target.cls, target.name, original, guard))
+            setattr(target.cls, target.name, guard)
+        _checking = True
+    elif not wanted and _installed:
+        _checking = False
+        while _installed:
+            cls, name, saved, ours = _installed.pop()
+            if cls.__dict__.get(name) is ours:  # else someone patched over us: theirs stays
+                setattr(cls, name, saved)
 
 
 def enable_thread_assertions() -> None:
@@ -253,36 +321,57 @@ def enable_thread_assertions() -> None:
     From now on, using a Tornado handler, connection, stream or (most) IOLoop methods from a
     thread other than their IOLoop's raises `WrongThreadError`.
     """
+    global _explicit
     with _state_lock:
-        if _originals:
-            return
-        for target in _targets():
-            original = target.cls.__dict__[target.name]
-            _originals.append((target.cls, target.name, original))
-            setattr(target.cls, target.name, _guard(target, original))
+        _explicit = True
+        _update()
 
 
 def disable_thread_assertions() -> None:
-    """Turn assertion mode off: Tornado's own methods are back. Idempotent, any thread."""
+    """
+    Turn assertion mode off, now, for the whole process: Tornado's own methods are back.
+
+    Idempotent, callable from any thread; `thread_assertions` blocks still running do not
+    turn it on again when they end.
+    """
+    global _explicit, _holds
     with _state_lock:
-        while _originals:
-            cls, name, original = _originals.pop()
-            setattr(cls, name, original)
+        _explicit = False
+        _holds = 0
+        _update()
 
 
-def _enabled() -> bool:
+def hold() -> None:
+    """Want assertion mode on until the matching `release`."""
+    global _holds
     with _state_lock:
-        return bool(_originals)
+        _holds += 1
+        _update()
+
+
+def release() -> None:
+    global _holds
+    with _state_lock:
+        _holds = max(0, _holds - 1)  # disable_thread_assertions() may have cleared it
+        _update()
+
+
+def enabled() -> bool:
+    """Whether assertion mode is on."""
+    with _state_lock:
+        return bool(_installed)
 
 
 @contextlib.contextmanager
 def thread_assertions() -> Iterator[None]:
-    """Assertion mode on inside the ``with`` block; the previous state is restored after."""
-    with _state_lock:
-        was_enabled = bool(_originals)
-    enable_thread_assertions()
+    """
+    Assertion mode on inside the ``with`` block; the previous state is restored after.
+
+    Blocks may nest, and run in several threads at once: the mode stays on until the last
+    one ends, or for good if `enable_thread_assertions` was called.
+    """
+    hold()
     try:
         yield
     finally:
-        if not was_enabled:
-            disable_thread_assertions()
+        release()

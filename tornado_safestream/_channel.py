@@ -34,14 +34,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import contextvars
 import enum
 import threading
 from typing import Any, Union
 
 from tornado.iostream import StreamClosedError
 
-__all__ = ("FLUSH", "POLL_SECONDS", "Call", "Channel", "End", "Op", "Put", "current_channel")
+__all__ = ("FLUSH", "POLL_SECONDS", "Call", "Channel", "End", "Op", "Put", "producing")
 
 #: How often a blocked producer checks that the loop is still there.
 POLL_SECONDS = 0.25
@@ -99,11 +98,15 @@ class Put(enum.Enum):
     CLOSED = "closed"  #: the stream is closed: close the generator
 
 
-#: The channel of the stream whose producer is running in this context. It is set only in
-#: the context the producer runs in, so a response method called on the loop never sees it.
-current_channel: contextvars.ContextVar[Channel | None] = contextvars.ContextVar(
-    "tornado_safestream.current_channel", default=None
-)
+class _Producing(threading.local):
+    """Thread-owned: the channel whose producer this thread is running, if any."""
+
+    channel: Channel | None = None
+
+
+#: Set by a producer task in its own thread, for as long as it runs the handler's code:
+#: only that thread's response method calls are forwarded.
+producing = _Producing()
 
 
 class Channel:

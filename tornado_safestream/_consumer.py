@@ -65,6 +65,11 @@ class Consumer:
         self.failure: BaseException | None = None
 
     @property
+    def loop_thread(self) -> int:
+        """The ident of the IOLoop's thread."""
+        return self._channel.loop_thread
+
+    @property
     def where(self) -> str:
         """The streaming method, ``"Class.method"``."""
         return self._channel.where

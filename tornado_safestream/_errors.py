@@ -23,6 +23,9 @@ class WrongThreadError(RuntimeError):
         package (``None`` if there is none).
     :ivar lineno: its line number.
     :ivar source_line: the source text of that line (``""`` if unavailable).
+
+    Two errors with the same facts compare equal: the record of violations keeps copies
+    (without the traceback, which would keep every frame of the caller alive).
     """
 
     def __init__(
@@ -56,15 +59,23 @@ class WrongThreadError(RuntimeError):
 
     __module__ = "tornado_safestream"  # where users import it from
 
-    def __reduce__(self) -> tuple[type[WrongThreadError], tuple[object, ...]]:
+    def _facts(self) -> tuple[object, ...]:
         return (
-            type(self),
-            (
-                self.method,
-                self.thread_name,
-                self.loop_thread_name,
-                self.filename,
-                self.lineno,
-                self.source_line,
-            ),
+            self.method,
+            self.thread_name,
+            self.loop_thread_name,
+            self.filename,
+            self.lineno,
+            self.source_line,
         )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, WrongThreadError):
+            return NotImplemented
+        return self._facts() == other._facts()
+
+    def __hash__(self) -> int:
+        return hash(self._facts())
+
+    def __reduce__(self) -> tuple[type[WrongThreadError], tuple[object, ...]]:
+        return (type(self), self._facts())

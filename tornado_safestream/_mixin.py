@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from tornado.web import RequestHandler
 
 from ._calls import FLUSHING_METHODS, RESPONSE_METHODS
-from ._channel import Channel, current_channel
+from ._channel import Channel, producing
 
 if TYPE_CHECKING:
     from asyncio import Future
@@ -27,22 +27,23 @@ def _producer_channel(handler: SafeStreamMixin, method: str) -> Channel | None:
     """
     The channel to forward ``handler.method()`` to, or ``None`` to call Tornado's own.
 
-    Forwarded: calls from ``handler``'s own producer, in an executor thread. (A callback the
-    producer scheduled on the loop runs in its context too, but on the loop thread: it is
-    not forwarded, or the loop would wait for itself.)
+    Forwarded: calls made by ``handler``'s own producer, in the executor thread running it.
+    (Not a callback it scheduled on the loop, nor a thread it started: those are not the
+    producer's thread, and get Tornado's method, or `.WrongThreadError` in assertion mode.)
 
     :raises RuntimeError: for a ``write`` or a flushing call on the loop thread while a
         stream is running, other than the stream's own: it would race the stream.
     """
-    channel = current_channel.get()
-    if (
-        channel is not None
-        and channel.handler is handler
-        and threading.get_ident() != channel.loop_thread
-    ):
+    channel = producing.channel
+    if channel is not None and channel.handler is handler:
         return channel
     consumer = handler._safestream_consumer
-    if consumer is not None and not consumer.calling and method in _RACING_METHODS:
+    if (
+        consumer is not None
+        and not consumer.calling
+        and method in _RACING_METHODS
+        and threading.get_ident() == consumer.loop_thread
+    ):
         raise RuntimeError(
             f"{type(handler).__qualname__}.{method}() was called on the IOLoop while "
             f"{consumer.where}() streams this response; call it from that method (in the "

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Generator
 from typing import Callable
 
-from ._channel import Channel, Put
+from ._channel import Channel, Put, producing
 from ._chunks import to_bytes
 
 __all__ = ("GeneratorProducer", "PushProducer", "Submit")
@@ -65,7 +65,11 @@ class PushProducer:
         # Runs in an executor thread.
         try:
             _check_thread(self._channel)
-            result = self._context.run(self._body)
+            producing.channel = self._channel
+            try:
+                result = self._context.run(self._body)
+            finally:
+                producing.channel = None
             if result is not None and not isinstance(result, concurrent.futures.Future):
                 raise TypeError(
                     f"{self._channel.where}() returned a {type(result).__qualname__} object; a "
@@ -112,8 +116,12 @@ class GeneratorProducer:
         except RuntimeError as error:
             self._channel.end(error)
             return
-        while self._context.run(self._pull) and not self._channel.park():
-            pass  # the budget freed up before we could park: pull on in this thread
+        producing.channel = self._channel
+        try:
+            while self._context.run(self._pull) and not self._channel.park():
+                pass  # the budget freed up before we could park: pull on in this thread
+        finally:
+            producing.channel = None
 
     def _pull(self) -> bool:
         """Pull until the budget is full (return ``True``) or the stream is over (``False``)."""

@@ -25,7 +25,7 @@ from tornado.iostream import StreamClosedError
 from tornado.log import app_log
 from tornado.web import HTTPError, RequestHandler
 
-from ._channel import Channel, current_channel
+from ._channel import Channel
 from ._consumer import Consumer, ignore_outcome
 from ._mixin import SafeStreamMixin
 from ._producers import GeneratorProducer, PushProducer
@@ -67,7 +67,6 @@ async def run_stream(
     loop = asyncio.get_running_loop()
     channel = Channel(loop, handler, where, options.max_buffer_bytes)
     context = contextvars.copy_context()
-    context.run(current_channel.set, channel)
 
     def submit(task: Callable[[], None]) -> None:
         if executor is None:

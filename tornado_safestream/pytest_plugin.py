@@ -1,30 +1,77 @@
 """
 The ``safestream`` pytest plugin: assertion mode in your test suite.
 
-Installed with the package (entry point ``pytest11``). It works beside pytest-tornado.
+Installed with the package (entry point ``pytest11``, name ``safestream``: disable it with
+``-p no:safestream``). It works beside pytest-tornado.
 
 - ``--safestream-assert`` on the command line, or ``safestream_assert = true`` in the ini
-  file, turns assertion mode on for the whole run (the command line wins).
+  file, turns assertion mode on for the whole run (the command line wins; use
+  ``-o safestream_assert=false`` to override the ini).
 - The fixture ``thread_assertions`` turns it on for one test.
 - A test during which a `~tornado_safestream.WrongThreadError` was raised fails, with its
   message, even where the code under test caught it, and however assertion mode was
-  turned on.
+  turned on. Violations raised between tests are reported at the end of the run, which
+  then fails.
 - A test that provokes violations on purpose requests the fixture ``thread_violations``: it
-  gets the list of the errors raised during the test, and is not failed for them.
+  gets the list of the errors raised while the fixture is active, and is not failed for
+  them.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Generator, Iterator
 
 import pytest
 
-from . import WrongThreadError, enable_thread_assertions, thread_assertions
-from . import disable_thread_assertions as _disable
-from ._assertions import add_listener, recorded_since, remove_listener, violation_count
+from . import WrongThreadError
+from ._assertions import add_listener, hold, release, remove_listener, thread_assertions
 
-_MARK = pytest.StashKey[int]()  # violations recorded before the last look
-_ENABLED_BY_PLUGIN = pytest.StashKey[bool]()
+_HOLDING = pytest.StashKey[bool]()  # the plugin turned assertion mode on for the run
+_KEPT = 5  # violations kept for the report, per test: the first ones (the cause)
+
+
+class _Collector:
+    """The violations since the last `take`, except those a ``thread_violations`` claimed."""
+
+    def __init__(self) -> None:
+        self.outside_tests: list[str] = []  # main thread only: reports of stray violations
+        self._lock = threading.Lock()
+        # --- guarded by _lock ---
+        self._first: list[WrongThreadError] = []
+        self._count = 0
+        self._claims: list[list[WrongThreadError]] = []  # thread_violations lists, active
+
+    def __call__(self, error: WrongThreadError) -> None:  # a listener: any thread
+        with self._lock:
+            if self._claims:
+                for claim in self._claims:
+                    claim.append(error)
+                return
+            self._count += 1
+            if len(self._first) < _KEPT:
+                self._first.append(error)
+
+    def take(self) -> tuple[list[WrongThreadError], int]:
+        with self._lock:
+            first, count = self._first, self._count
+            self._first, self._count = [], 0
+        return first, count
+
+    def claim(self, errors: list[WrongThreadError]) -> None:
+        with self._lock:
+            self._claims.append(errors)
+
+    def unclaim(self, errors: list[WrongThreadError]) -> None:
+        with self._lock:
+            self._claims.remove(errors)
+
+
+_COLLECTOR = pytest.StashKey[_Collector]()
+
+
+def _collector(config: pytest.Config) -> _Collector:
+    return config.stash[_COLLECTOR]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -52,15 +99,20 @@ def _wanted(config: pytest.Config) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    enabled = _wanted(config)
-    config.stash[_ENABLED_BY_PLUGIN] = enabled
-    if enabled:
-        enable_thread_assertions()
+    collector = config.stash[_COLLECTOR] = _Collector()
+    add_listener(collector)
+    wanted = _wanted(config)
+    config.stash[_HOLDING] = wanted
+    if wanted:
+        hold()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if config.stash.get(_ENABLED_BY_PLUGIN, False):
-        _disable()
+    if config.stash.get(_HOLDING, False):
+        release()  # off again, unless something else still wants it on
+    collector = config.stash.get(_COLLECTOR, None)
+    if collector is not None:
+        remove_listener(collector)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -76,53 +128,50 @@ def _thread_assertions() -> Iterator[None]:
 
 
 @pytest.fixture(name="thread_violations")
-def _thread_violations() -> Iterator[list[WrongThreadError]]:
-    """The `WrongThreadError`s raised during this test, which does not fail for them."""
+def _thread_violations(request: pytest.FixtureRequest) -> Iterator[list[WrongThreadError]]:
+    """The `WrongThreadError`s raised while this fixture is active; they fail no test."""
     errors: list[WrongThreadError] = []
-    add_listener(errors.append)
+    collector = _collector(request.config)
+    collector.claim(errors)
     try:
         yield errors
     finally:
-        remove_listener(errors.append)
+        collector.unclaim(errors)
 
 
-def _take_violations(item: pytest.Item) -> list[WrongThreadError]:
-    """The violations recorded since the last look, unless the test asked for them."""
-    mark = item.stash.get(_MARK, None)
-    item.stash[_MARK] = violation_count()
-    if mark is None or "thread_violations" in getattr(item, "fixturenames", ()):
-        return []
-    return recorded_since(mark)
-
-
-def _describe(errors: list[WrongThreadError]) -> str:
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"WrongThreadError raised during the test{more}:\n{errors[0]}"
+def _describe(first: list[WrongThreadError], count: int) -> str:
+    more = f" (and {count - 1} more)" if count > 1 else ""
+    return f"WrongThreadError raised during the test{more}:\n{first[0]}"
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
-    item.stash[_MARK] = violation_count()
+    collector = _collector(item.config)
+    first, count = collector.take()  # raised since the last test ended: nobody's
+    if count:
+        collector.outside_tests.append(f"before {item.nodeid}: " + _describe(first, count))
     return (yield)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    return _fail_for_violations(item, (yield))
+    result = yield
+    _fail_for_violations(item)
+    return result
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
-    return _fail_for_violations(item, (yield))
-
-
-def _fail_for_violations(item: pytest.Item, result: None) -> None:
-    # Reached only when the phase passed: a phase that raised keeps its own error, and the
-    # violations go with it (see pytest_runtest_makereport).
-    errors = _take_violations(item)
-    if errors:
-        pytest.fail(_describe(errors), pytrace=False)
+    result = yield
+    _fail_for_violations(item)
     return result
+
+
+def _fail_for_violations(item: pytest.Item) -> None:
+    # Reached when the phase passed (setup's violations wait for the call's check).
+    first, count = _collector(item.config).take()
+    if count:
+        pytest.fail(_describe(first, count), pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -130,8 +179,30 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if report.failed and call.when != "setup":
-        errors = _take_violations(item)  # none left if they are what failed the phase
-        if errors:
-            report.sections.append(("safestream violations", _describe(errors)))
+    if report.failed:
+        # The phase failed of its own: show any other violation beside its error.
+        first, count = _collector(item.config).take()
+        own = call.excinfo.value if call.excinfo is not None else None
+        others = [error for error in first if error != own]
+        count -= len(first) - len(others)
+        if others and count:
+            report.sections.append(("safestream", _describe(others, count)))
     return report
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    collector = _collector(session.config)
+    first, count = collector.take()
+    if count:
+        collector.outside_tests.append("after the last test: " + _describe(first, count))
+    if collector.outside_tests and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    outside_tests = _collector(terminalreporter.config).outside_tests
+    if outside_tests:
+        terminalreporter.section("safestream: violations outside any test", red=True)
+        for text in outside_tests:
+            terminalreporter.line(text)
