@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
+import functools
+import gc
 import importlib.util
 import inspect
 import os
@@ -17,6 +20,7 @@ import re
 import socket
 import sys
 import threading
+import weakref
 from collections.abc import Awaitable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -307,6 +311,64 @@ class TestSwitch:
         disable_thread_assertions()
         _assert_tornados_own(originals)
 
+    def test_blocks_in_two_threads_keep_it_on_until_the_last_ends(
+        self, originals: Snapshot
+    ) -> None:
+        first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+        seen: list[bool] = []
+
+        def first() -> None:
+            with safestream.thread_assertions():
+                first_in.set()
+                assert second_in.wait(TIMEOUT)
+            first_out.set()
+
+        def second() -> None:
+            assert first_in.wait(TIMEOUT)
+            with safestream.thread_assertions():
+                second_in.set()
+                assert first_out.wait(TIMEOUT)
+                seen.append(_is_on())
+
+        _in_threads(lambda i: (first, second)[i](), 2)
+        assert seen == [True], "the first block to end turned it off under the second"
+        assert not _is_on()
+        _assert_tornados_own(originals)
+
+    def test_disable_keeps_a_patch_made_over_a_guard(
+        self, originals: Snapshot, wired: Wired, thread_violations: list[WrongThreadError]
+    ) -> None:
+        name = "set_nodelay"
+        own = originals[IOStream, name]
+        sock = wired.stream.socket
+        calls: list[bool] = []
+
+        def patched(stream: IOStream, value: bool) -> None:
+            calls.append(value)
+
+        enable_thread_assertions()
+        guard = cast(Callable[[IOStream, bool], None], IOStream.__dict__[name])
+        assert guard is not own
+        setattr(IOStream, name, patched)  # as monkeypatch.setattr, while enabled
+        try:
+            disable_thread_assertions()
+            assert IOStream.__dict__[name] is patched, "their patch was undone"
+            _assert_tornados_own({k: f for k, f in originals.items() if f is not own})
+            wired.stream.set_nodelay(True)
+            assert calls == [True]
+            # An old guard, called from this (the wrong) thread once disabled: Tornado's own
+            # method runs, unchecked.
+            assert not sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            guard(wired.stream, True)
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            setattr(IOStream, name, guard)  # as monkeypatch's undo puts it back
+            wired.stream.set_nodelay(False)
+            assert not sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        finally:
+            setattr(IOStream, name, own)
+        assert thread_violations == []
+        assert calls == [True]
+
 
 def _in_threads(function: Callable[[int], object], count: int) -> None:
     """Call ``function(i)`` in ``count`` new threads; wait for them (bounded), raise their error."""
@@ -590,6 +652,29 @@ class TestForeignThreadIOLoop:
         _loop_turns(loop_fixtures.srv)
         assert loop_fixtures.rec.names() == []  # nothing was scheduled, registered or removed
 
+    def test_call_site_of_a_method_handed_to_an_executor(
+        self,
+        loop_fixtures: LoopFixtures,
+        make_executor: ExecutorFactory,
+        thread_violations: list[WrongThreadError],
+    ) -> None:
+        # The worker's stack holds no frame of ours: the line that submitted the job is on
+        # another thread. The call site is then, as API.md defines it, the first frame
+        # outside Tornado and this package: the executor's own.
+        worker = make_executor(1, "submit-worker")
+        future = worker.submit(loop_fixtures.io_loop.call_later, 1, loop_fixtures.ran)
+        with pytest.raises(
+            WrongThreadError,
+            match=r"^IOLoop\.call_later\(\) called from thread 'submit-worker_0', but its "
+            r"IOLoop runs in thread 'test-server-loop'\n",
+        ) as info:
+            future.result(TIMEOUT)
+        error = info.value
+        assert error.filename is not None
+        assert error.filename.endswith(os.path.join("concurrent", "futures", "thread.py"))
+        assert error.source_line
+        assert thread_violations == [error]
+
     def test_add_callback_is_allowed_from_any_thread(
         self, loop_fixtures: LoopFixtures, make_executor: ExecutorFactory
     ) -> None:
@@ -638,6 +723,10 @@ class TestForeignThreadIOLoop:
         assert violation_count() == mark
 
 
+class _Sentinel:
+    """An object that can be weakly referenced."""
+
+
 class TestRecord:
     def test_switched_on_while_the_loop_runs(
         self,
@@ -666,6 +755,32 @@ class TestRecord:
         assert 0 < len(kept) < count
         assert kept == thread_violations[-len(kept) :]
         assert recorded_since(violation_count()) == []
+
+    @pytest.mark.usefixtures("thread_assertions")
+    def test_keeps_no_traceback(
+        self, loop_fixtures: LoopFixtures, thread_violations: list[WrongThreadError]
+    ) -> None:
+        mark = violation_count()
+        alive: list[weakref.ref[_Sentinel]] = []
+
+        def provoke() -> WrongThreadError:
+            local = _Sentinel()  # stands for a handler, a buffer: whatever the caller holds
+            alive.append(weakref.ref(local))
+            try:
+                loop_fixtures.io_loop.call_later(3600, loop_fixtures.ran)
+            except WrongThreadError as exc:
+                return exc
+            raise AssertionError("no WrongThreadError")
+
+        raised = provoke()
+        assert raised.__traceback__ is not None
+        assert recorded_since(mark) == [raised]
+        assert thread_violations == [raised]
+        assert recorded_since(mark)[0].__traceback__ is None
+        assert thread_violations[0].__traceback__ is None
+        del raised
+        gc.collect()
+        assert alive[0]() is None, "the record keeps the caller's frames alive"
 
 
 # --------------------------------------------------------------------------- whole servers
@@ -965,3 +1080,74 @@ class TestSafeStylesUnderAssertions:
             assert sha256(response.body) == sha256(payload(SIZE, paths[path])), path
         assert recorded_since(mark) == []
         assert violation_count() == mark
+
+
+class OtherThreadCalls(SafeStreamMixin, RequestHandler):
+    """A push-style stream whose producer starts a thread that calls the handler."""
+
+    executor: Executor
+
+    def initialize(self, executor: Executor, rec: Recorder, copy_context: bool) -> None:
+        self.executor = executor
+        self.rec = rec
+        self.copy_context = copy_context
+
+    def other_thread(self) -> None:
+        calls: list[tuple[str, Callable[[], object]]] = [
+            ("write", lambda: self.write(b"other")),
+            ("flush", self.flush),
+        ]
+        for name, call in calls:
+            try:
+                call()
+            except Exception as exc:
+                self.rec.add(name, exc)
+            else:
+                self.rec.add(name, None)
+
+    @stream_on_executor
+    def get(self) -> None:
+        self.write(b"head;")
+        self.flush()
+        target = self.other_thread
+        if self.copy_context:  # as asyncio.to_thread and many libraries do
+            target = functools.partial(contextvars.copy_context().run, self.other_thread)
+        thread = threading.Thread(target=target, name="other-thread", daemon=True)
+        thread.start()
+        thread.join(TIMEOUT)
+        self.rec.add("joined", not thread.is_alive())
+        self.write(b"tail")
+
+
+@pytest.mark.usefixtures("thread_assertions")
+class TestOtherThreadsDuringAStream:
+    @pytest.mark.parametrize("copy_context", [False, True], ids=["plain", "copied-context"])
+    def test_are_not_forwarded_and_raise_wrong_thread_error(
+        self,
+        server: ServerFactory,
+        make_executor: ExecutorFactory,
+        thread_violations: list[WrongThreadError],
+        copy_context: bool,
+    ) -> None:
+        rec = Recorder()
+        kwargs = {
+            "executor": make_executor(1, "producer"),
+            "rec": rec,
+            "copy_context": copy_context,
+        }
+        srv = server([("/", OtherThreadCalls, kwargs)])
+        response = fetch(srv.port, "/")
+        assert response.status == 200
+        assert response.body == b"head;tail"  # nothing from the other thread
+        assert rec.values("joined") == [True]
+        raised = rec.values("write") + rec.values("flush")
+        assert [type(exc) for exc in raised] == [WrongThreadError] * 2, [str(e) for e in raised]
+        assert [e.method for e in thread_violations] == [
+            "RequestHandler.write()",
+            "RequestHandler.flush()",
+        ]
+        assert thread_violations == raised
+        for error in thread_violations:
+            assert error.thread_name == "other-thread"
+            assert error.loop_thread_name == "test-server-loop"
+            assert _same_file(error.filename, HERE)

@@ -139,3 +139,33 @@ class TestCopies:
         for clone in (copy.copy(error), copy.deepcopy(error)):
             assert type(clone) is WrongThreadError
             assert _facts(clone) == _facts(error)
+
+
+class TestEquality:
+    """The record of violations keeps copies (without the traceback): equal by their facts."""
+
+    def test_a_copy_of_the_facts_equals_the_raised_error(self) -> None:
+        with pytest.raises(WrongThreadError) as info:
+            raise make_error()
+        raised = info.value
+        copy_ = make_error()
+        assert raised.__traceback__ is not None
+        assert copy_.__traceback__ is None
+        assert copy_ == raised
+        assert raised == copy_
+        assert hash(copy_) == hash(raised)
+        assert {copy_, raised} == {raised}
+        assert [copy_] == [raised]
+
+    @pytest.mark.parametrize("field", range(6))
+    def test_any_other_fact_differs(self, field: int) -> None:
+        facts: list[object] = ["RequestHandler.flush()", "w", "l", "f.py", 3, "src"]
+        facts[field] = 4 if field == 4 else "other"
+        other = WrongThreadError(*facts)  # type: ignore[arg-type]
+        assert other != make_error()
+        assert make_error() != other
+
+    def test_not_equal_to_a_runtime_error_with_the_same_message(self) -> None:
+        error = make_error()
+        assert error != RuntimeError(str(error))
+        assert error != str(error)

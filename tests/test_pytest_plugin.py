@@ -1,7 +1,8 @@
 """The ``safestream`` pytest plugin, tested with pytester as pytest-asyncio tests its options.
 
 Every run is a subprocess (`runpytest_subprocess`): assertion mode patches Tornado's classes
-for the whole process, and must not leak into this one.
+for the whole process, and must not leak into this one. (One run is in-process on purpose: it
+checks that an inner run leaves this process's assertion mode as it found it.)
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import sys
 from textwrap import dedent
 
 import pytest
+from tornado.iostream import IOStream
 
 import tornado_safestream
+from tornado_safestream._assertions import _RECORD_SIZE
 
 pytest_plugins = ("pytester",)
 
@@ -182,6 +185,33 @@ def test_fixture_turns_it_on_for_one_test(pytester: pytest.Pytester) -> None:
     result.stdout.re_match_lines([HEADER_OFF])
 
 
+def _guarded() -> bool:
+    """Whether assertion mode is on in this process (``IOStream.write`` is a guard)."""
+    code = getattr(IOStream.write, "__code__", None)
+    return code is not None and code.co_filename.endswith("_assertions.py")
+
+
+@pytest.mark.usefixtures("thread_assertions")
+def test_an_in_process_run_leaves_assertion_mode_on(pytester: pytest.Pytester) -> None:
+    # In-process on purpose: the inner run's plugin must release only what it held.
+    assert _guarded()
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile(
+        test_inner=dedent(
+            """\
+            from tornado.iostream import IOStream
+
+
+            def test_on_inside():
+                assert IOStream.write.__code__.co_filename.endswith("_assertions.py")
+            """
+        )
+    )
+    result = pytester.runpytest(*PLUGIN_ARGS, "-p", "no:tornado", "--safestream-assert")
+    result.assert_outcomes(passed=1)
+    assert _guarded(), "the inner run turned off the assertion mode this test had on"
+
+
 # --------------------------------------------------------------------------- failing for violations
 
 #: How assertion mode is turned on: command line arguments, ini text, test parameters, code.
@@ -320,6 +350,249 @@ def test_unswallowed_violation_fails_with_its_own_traceback(pytester: pytest.Pyt
             r"^E +(tornado_safestream\.(_errors\.)?)?WrongThreadError: "
             r"IOLoop\.call_later\(\) called from thread 'MainThread', but its IOLoop runs in "
             r"thread 'inner-loop'$",
+        ]
+    )
+
+
+def test_a_violation_is_reported_once(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\n")
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(
+        test_once=dedent(
+            """\
+            import pytest
+
+
+            @pytest.fixture
+            def bad_setup(loop):
+                loop.call_later(3600, print)  # not caught: the setup fails
+                yield
+
+
+            def test_setup_fails(bad_setup):
+                pass
+
+
+            def test_body_fails(loop):
+                loop.call_later(3600, print)  # not caught: the test fails
+
+
+            def test_next():
+                pass
+            """
+        )
+    )
+    result = _run(pytester, "--safestream-assert", "-rfE")
+    result.assert_outcomes(errors=1, failed=1, passed=1)  # no error at teardown as well
+    result.stdout.re_match_lines(
+        [
+            r"^_+ ERROR at setup of test_setup_fails _+$",
+            r"^_+ test_body_fails _+$",
+            r"^FAILED test_once\.py::test_body_fails\b",
+            r"^ERROR test_once\.py::test_setup_fails\b",
+        ]
+    )
+    # Each failure shows the error once: its own traceback, no "safestream" section.
+    result.stdout.no_re_match_line(r"(?i)^-+ .*safestream")
+    result.stdout.no_re_match_line(r"raised during the test")
+    result.stdout.no_re_match_line(r"at teardown of")
+    raised = r"^E +.*WrongThreadError: IOLoop\.call_later\(\) called from thread 'MainThread'"
+    assert sum(bool(re.match(raised, line)) for line in result.outlines) == 2
+
+
+def test_many_violations_show_the_first_and_the_true_count(pytester: pytest.Pytester) -> None:
+    many = _RECORD_SIZE + 44  # more than the process-wide record keeps
+    pytester.makeini("[pytest]\n")
+    pytester.makeconftest(CONFTEST)
+    source = dedent(
+        f"""\
+        from tornado_safestream import WrongThreadError
+
+
+        def test_many(loop):
+            try:
+                loop.call_later(3600, print)  # the first
+            except WrongThreadError:
+                pass
+            for _ in range({many - 1}):
+                try:
+                    loop.call_later(3600, print)  # the others
+                except WrongThreadError:
+                    pass
+        """
+    )
+    pytester.makepyfile(test_many=source)
+    result = _run(pytester, "--safestream-assert")
+    result.assert_outcomes(failed=1)
+    result.stdout.re_match_lines(
+        [
+            rf"^WrongThreadError raised during the test \(and {many - 1} more\):$",
+            *_message_lines(
+                "test_many.py",
+                _line_of(source, "# the first"),
+                r"loop\.call_later\(3600, print\)  # the first",
+            ),
+        ]
+    )
+    result.stdout.no_re_match_line(r".*# the others$")
+
+
+def test_thread_violations_claims_only_while_it_is_active(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\n")
+    pytester.makeconftest(CONFTEST)
+    source = dedent(
+        """\
+        import pytest
+
+        from tornado_safestream import WrongThreadError
+
+        GIVEN = []
+
+
+        @pytest.fixture
+        def sloppy(loop):
+            yield loop
+            try:
+                loop.call_later(1, print)  # torn down after thread_violations
+            except WrongThreadError:
+                pass
+
+
+        def test_on_purpose(sloppy, thread_violations):
+            with pytest.raises(WrongThreadError):
+                sloppy.call_later(3600, print)  # on purpose
+            GIVEN.append(thread_violations)
+
+
+        def test_the_list_given():
+            assert [e.source_line for e in GIVEN[0]] == [
+                "sloppy.call_later(3600, print)  # on purpose"
+            ]
+        """
+    )
+    pytester.makepyfile(test_claims=source)
+    result = _run(pytester, "--safestream-assert", "-rE")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.re_match_lines(
+        [
+            r"^_+ ERROR at teardown of test_on_purpose _+$",
+            r"^WrongThreadError raised during the test:$",
+            *_message_lines(
+                "test_claims.py",
+                _line_of(source, "# torn down after thread_violations"),
+                r"loop\.call_later\(1, print\)  # torn down after thread_violations",
+            ),
+            r"^ERROR test_claims\.py::test_on_purpose\b",
+        ]
+    )
+    result.stdout.no_re_match_line(r"^(ERROR|FAILED) test_claims\.py::test_the_list_given")
+
+
+#: A loop that outlives every test ("app-loop"), and a fixture whose thread calls it late:
+#: released (and joined) by ``pytest_runtest_logfinish``, once its test is over.
+LATE_CONFTEST = dedent(
+    """\
+    import asyncio
+    import threading
+
+    import pytest
+    from tornado.ioloop import IOLoop
+
+    from tornado_safestream import WrongThreadError
+
+    APP = {}
+    LEAKED = []
+
+
+    def _app_loop():
+        if not APP:
+            ready = threading.Event()
+
+            async def main():
+                APP["asyncio_loop"] = asyncio.get_running_loop()
+                APP["io_loop"] = IOLoop.current()
+                APP["stop"] = asyncio.Event()
+                ready.set()
+                await APP["stop"].wait()
+
+            APP["thread"] = threading.Thread(
+                target=lambda: asyncio.run(main()), name="app-loop", daemon=True
+            )
+            APP["thread"].start()
+            assert ready.wait(10)
+        return APP["io_loop"]
+
+
+    @pytest.fixture
+    def leaks_a_thread():
+        io_loop = _app_loop()
+        release = threading.Event()
+
+        def late():
+            assert release.wait(10)
+            try:
+                io_loop.call_later(3600, print)  # after the test
+            except WrongThreadError:
+                pass
+
+        thread = threading.Thread(target=late, name="late-thread", daemon=True)
+        thread.start()
+        LEAKED.append((release, thread))
+        yield
+
+
+    def pytest_runtest_logfinish(nodeid, location):
+        while LEAKED:
+            release, thread = LEAKED.pop()
+            release.set()
+            thread.join(10)
+            assert not thread.is_alive()
+
+
+    def pytest_sessionfinish(session, exitstatus):
+        if APP:
+            APP["asyncio_loop"].call_soon_threadsafe(APP["stop"].set)
+            APP["thread"].join(10)
+    """
+)
+
+
+def test_violations_outside_any_test_fail_the_run(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\n")
+    pytester.makeconftest(LATE_CONFTEST)
+    pytester.makepyfile(
+        test_late=dedent(
+            """\
+            def test_1_culprit(leaks_a_thread):
+                pass
+
+
+            def test_2_innocent():
+                pass
+
+
+            def test_3_last_culprit(leaks_a_thread):
+                pass
+            """
+        )
+    )
+    result = _run(pytester, "--safestream-assert")
+    result.assert_outcomes(passed=3)  # test_2 is not blamed
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    line = _line_of(LATE_CONFTEST, "# after the test")
+    message = [
+        r"^IOLoop\.call_later\(\) called from thread 'late-thread', but its IOLoop runs in "
+        r"thread 'app-loop'$",
+        rf"^  at .*[/\\]conftest\.py:{line}: io_loop\.call_later\(3600, print\)  # after the test$",
+    ]
+    result.stdout.re_match_lines(
+        [
+            r"^=+ safestream: violations outside any test =+$",
+            r"^WrongThreadError raised between the tests, before "
+            r"test_late\.py::test_2_innocent:$",
+            *message,
+            r"^WrongThreadError raised after the last test:$",
+            *message,
         ]
     )
 

@@ -24,7 +24,6 @@ import functools
 import linecache
 import os
 import sys
-import sysconfig
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -79,9 +78,6 @@ _running_loop = asyncio._get_running_loop  # no exception when there is none
 _OURS = (
     os.path.dirname(os.path.abspath(tornado.__file__)) + os.sep,
     os.path.dirname(os.path.abspath(__file__)) + os.sep,
-)
-_STDLIB = tuple(
-    {os.path.abspath(sysconfig.get_paths()[key]) + os.sep for key in ("stdlib", "platstdlib")}
 )
 
 LoopOf = Callable[[Any], "asyncio.AbstractEventLoop | None"]
@@ -216,22 +212,17 @@ def _violation(method: str, loop: asyncio.AbstractEventLoop) -> None:
 
 def _call_site(frame: FrameType | None) -> tuple[str | None, int | None, str]:
     """
-    The user's line: the first frame outside Tornado, this package and the standard library
-    (a Tornado method handed to ``executor.submit`` or a ``threading.Timer`` is called from
-    the standard library), or else outside Tornado and this package.
+    The user's line: the first frame outside Tornado and this package.
+
+    (A Tornado method handed to ``executor.submit`` as it is has no frame of the user's on
+    its thread: the call site is then the executor's own line.)
     """
-    for skip_stdlib in (True, False):
-        current = frame
-        while current is not None:
-            filename = current.f_code.co_filename
-            path = os.path.abspath(filename)
-            user = not path.startswith(_OURS) and not (
-                skip_stdlib and path.startswith(_STDLIB) and "-packages" + os.sep not in path
-            )
-            if user:
-                lineno = current.f_lineno
-                return filename, lineno, linecache.getline(filename, lineno).strip()
-            current = current.f_back
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not os.path.abspath(filename).startswith(_OURS):
+            lineno = frame.f_lineno
+            return filename, lineno, linecache.getline(filename, lineno).strip()
+        frame = frame.f_back
     return None, None, ""
 
 

@@ -139,9 +139,9 @@ def _thread_violations(request: pytest.FixtureRequest) -> Iterator[list[WrongThr
         collector.unclaim(errors)
 
 
-def _describe(first: list[WrongThreadError], count: int) -> str:
+def _describe(first: list[WrongThreadError], count: int, when: str = "during the test") -> str:
     more = f" (and {count - 1} more)" if count > 1 else ""
-    return f"WrongThreadError raised during the test{more}:\n{first[0]}"
+    return f"WrongThreadError raised {when}{more}:\n{first[0]}"
 
 
 @pytest.hookimpl(wrapper=True)
@@ -149,7 +149,8 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     collector = _collector(item.config)
     first, count = collector.take()  # raised since the last test ended: nobody's
     if count:
-        collector.outside_tests.append(f"before {item.nodeid}: " + _describe(first, count))
+        when = f"between the tests, before {item.nodeid}"
+        collector.outside_tests.append(_describe(first, count, when))
     return (yield)
 
 
@@ -195,7 +196,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     collector = _collector(session.config)
     first, count = collector.take()
     if count:
-        collector.outside_tests.append("after the last test: " + _describe(first, count))
+        collector.outside_tests.append(_describe(first, count, "after the last test"))
     if collector.outside_tests and exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
