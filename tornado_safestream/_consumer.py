@@ -114,18 +114,18 @@ class Consumer:
         handler = self._handler
         if handler._finished:  # finished on the loop behind the producer's back
             self._channel.mark_finished()
-        write = self._base.write
         discard = self.aborted or handler._finished
         dropped = 0
+        run: list[bytes] = []  # consecutive writes: one handler.write() for them all
         end: End | None = None
         for op in ops:
             if type(op) is bytes:
-                if discard:
-                    dropped += len(op)
-                else:
-                    write(op)
-                    self._unflushed += len(op)
-            elif op is FLUSH:
+                run.append(op)
+                continue
+            if run:
+                dropped += self._write(run, discard)
+                run = []
+            if op is FLUSH:
                 await self._flush()
             elif type(op) is Call:
                 await self._execute(op)
@@ -133,11 +133,22 @@ class Consumer:
             else:
                 assert type(op) is End, op
                 end = op
+        if run:
+            dropped += self._write(run, discard)
         if flush or self._unflushed > self._channel.max_buffer_bytes:
             await self._flush()
         if dropped:
             self._sent(dropped)
         return end
+
+    def _write(self, run: list[bytes], discard: bool) -> int:
+        """Hand a run of chunks to the handler's buffer, joined; return the bytes dropped."""
+        if discard:
+            return sum(map(len, run))
+        data = run[0] if len(run) == 1 else b"".join(run)
+        self._base.write(data)  # Tornado's flush() joins its buffer: one copy either way
+        self._unflushed += len(data)
+        return 0
 
     def client_gone(self) -> None:
         """The connection closed (`.RequestHandler.on_connection_close`)."""
