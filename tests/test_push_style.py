@@ -623,3 +623,38 @@ class TestCallsOnTheLoopDuringAStream:
             response = conn.body_reader(head).response()
         assert response.complete
         assert sha256(response.body) == sha256(payload(LOOP_CALL_SIZE, 6))
+
+
+class FlushesWithFooters(SafeStreamMixin, RequestHandler):
+    """Writes, flushes (also with include_footers=True), writes more, then finishes."""
+
+    def initialize(self, executor: Executor) -> None:
+        self.executor = executor
+
+    @stream_on_executor
+    def get(self) -> None:
+        data = payload(300 * KiB, seed=7)
+        self.write(data[: 100 * KiB])
+        self.flush()
+        self.write(data[100 * KiB : 200 * KiB])
+        self.flush(include_footers=True)  # not the end: the body goes on
+        self.write(data[200 * KiB :])
+        if self.get_argument("finish", "0") == "1":
+            self.finish()
+
+
+class TestChunkedFraming:
+    """The library frames chunked bodies itself after the first flush: the wire stays valid."""
+
+    @pytest.mark.parametrize("finish", ["0", "1"])
+    def test_body_and_keep_alive_survive_a_flush_with_footers(
+        self, server: ServerFactory, executor: Executor, finish: str
+    ) -> None:
+        srv = server([("/footers", FlushesWithFooters, dict(executor=executor))])
+        with RawConnection(srv.port) as conn:
+            for _ in range(2):  # the second request proves the first one ended cleanly
+                response = conn.request("GET", f"/footers?finish={finish}")
+                assert response.status == 200
+                assert response.framing == "chunked"
+                assert response.complete
+                assert sha256(response.body) == sha256(payload(300 * KiB, seed=7))

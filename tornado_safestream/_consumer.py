@@ -24,11 +24,18 @@ from tornado.log import app_log
 
 from ._calls import FLUSHING_METHODS
 from ._channel import FLUSH, Call, Channel, End, Op
+from ._framing import take_over_framing
 
 if TYPE_CHECKING:
-    from tornado.web import RequestHandler
+    from ._mixin import SafeStreamMixin
 
 __all__ = ("Consumer", "ignore_outcome")
+
+#: The producer's calls that must go through the mixin's framing-aware versions.
+_FRAMING_AWARE = {"flush": "_safestream_flush", "finish": "_safestream_finish"}
+
+#: Runs of chunks smaller than this, on average, are joined before they reach the handler.
+_JOIN_BELOW = 16 * 1024
 
 
 class Consumer:
@@ -45,7 +52,7 @@ class Consumer:
     def __init__(
         self,
         channel: Channel,
-        handler: RequestHandler,
+        handler: SafeStreamMixin,
         base: Any,
         resume: Callable[[], None],
         stall_timeout: float | None,
@@ -143,11 +150,16 @@ class Consumer:
 
     def _write(self, run: list[bytes], discard: bool) -> int:
         """Hand a run of chunks to the handler's buffer, joined; return the bytes dropped."""
+        size = sum(map(len, run))
         if discard:
-            return sum(map(len, run))
-        data = run[0] if len(run) == 1 else b"".join(run)
-        self._base.write(data)  # Tornado's flush() joins its buffer: one copy either way
-        self._unflushed += len(data)
+            return size
+        write = self._base.write
+        if len(run) > 1 and size < _JOIN_BELOW * len(run):
+            write(b"".join(run))  # small chunks: one call instead of many
+        else:
+            for chunk in run:  # big ones: Tornado's flush() joins them, the one copy
+                write(chunk)
+        self._unflushed += size
         return 0
 
     def client_gone(self) -> None:
@@ -180,9 +192,14 @@ class Consumer:
     async def _flush(self) -> None:
         nbytes = self._unflushed
         self._unflushed = 0
-        if not self.aborted and not self._handler._finished:
+        handler = self._handler
+        if not self.aborted and not handler._finished:
+            first = not handler._headers_written
             try:
-                await self.sent(self._call(self._base.flush))
+                sent = self._call(handler._safestream_flush)
+                if first and take_over_framing(handler):
+                    handler._safestream_framed = True
+                await self.sent(sent)
             except Exception as error:
                 self._abort(error)
         self._sent(nbytes)
@@ -190,8 +207,11 @@ class Consumer:
     async def _execute(self, call: Call) -> None:
         flushing = call.name in FLUSHING_METHODS
         nbytes = self._unflushed if flushing else 0
+        # flush() and finish() from the producer: with the library's framing, if any.
+        aware = _FRAMING_AWARE.get(call.name)
         try:
-            result = self._call(getattr(self._base, call.name), *call.args, **call.kwargs)
+            method = getattr(self._handler, aware) if aware else getattr(self._base, call.name)
+            result = self._call(method, *call.args, **call.kwargs)
         except BaseException as error:
             if self._handler._finished:
                 self._channel.mark_finished()

@@ -10,6 +10,7 @@ from tornado.web import RequestHandler
 
 from ._calls import FLUSHING_METHODS, RESPONSE_METHODS
 from ._channel import Channel, producing
+from ._framing import frame
 
 if TYPE_CHECKING:
     from asyncio import Future
@@ -87,6 +88,10 @@ class SafeStreamMixin(_HandlerBase):
 
     # Loop-owned: the consumer of the stream this handler is running, if any.
     _safestream_consumer: Consumer | None = None
+    # Loop-owned: the response's chunked framing is done by the library (see _framing), and
+    # whether Tornado's finish() is running (its flush carries the last chunk).
+    _safestream_framed = False
+    _safestream_finishing = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -120,17 +125,31 @@ class SafeStreamMixin(_HandlerBase):
     ) -> Future[None] | concurrent.futures.Future[None]:
         channel = _producer_channel(self, "flush")
         if channel is None:
-            return super().flush(include_footers)
+            return self._safestream_flush(include_footers)
         if include_footers:
             return channel.call("flush", (include_footers,), {})  # type: ignore[no-any-return]
         return channel.flush()
+
+    def _safestream_flush(self, include_footers: bool = False) -> Future[None]:
+        """Tornado's flush(), with the library's chunked framing if it took that over."""
+        if self._safestream_framed:
+            frame(self, last=include_footers and self._safestream_finishing)
+        return super().flush(include_footers)
+
+    def _safestream_finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
+        """Tornado's finish(), letting `_safestream_flush` know that it is the last flush."""
+        self._safestream_finishing = True
+        try:
+            return super().finish(chunk)
+        finally:
+            self._safestream_finishing = False
 
     def finish(  # type: ignore[override]
         self, chunk: str | bytes | dict[str, Any] | None = None
     ) -> Future[None] | concurrent.futures.Future[None]:
         channel = _producer_channel(self, "finish")
         if channel is None:
-            return super().finish(chunk)
+            return self._safestream_finish(chunk)
         return channel.call("finish", () if chunk is None else (chunk,), {})  # type: ignore[no-any-return]
 
     def on_connection_close(self) -> None:
