@@ -5,6 +5,9 @@ Developer commands for tornado-safestream; needs only Python 3 and git.
 ``python3 run.py demo [ARGS...]``
     Run ``examples/download_demo.py`` (with ARGS) in ``.venvs/demo``.
 
+``python3 run.py bench [ARGS...]``
+    Run the benchmarks, ``benchmarks/run.py`` (with ARGS), in ``.venvs/bench``.
+
 ``python3 run.py test [--quick] [--recreate] [--run-timeout SECONDS] [-- PYTEST_ARGS...]``
     ruff and mypy in ``.venvs/lint``, then pytest on every Python/Tornado pair of the matrix,
     each in its own ``.venvs/py3.X-tornado...``. Stops at the first failure. ``.ci/run`` runs
@@ -22,6 +25,7 @@ import glob
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -37,6 +41,9 @@ VENVS = ROOT / ".venvs"
 PYPROJECT = ROOT / "pyproject.toml"
 VERSION_FILE = ROOT / "tornado_safestream" / "__init__.py"
 DEMO_SCRIPT = ROOT / "examples" / "download_demo.py"
+BENCH_SCRIPT = ROOT / "benchmarks" / "run.py"
+#: How long a benchmark run interrupted by Ctrl-C may take to stop its servers and clients.
+BENCH_STOP_GRACE = 60.0
 STAMP_NAME = "safestream-install.stamp"
 
 #: Pythons tested with the newest Tornado, and the oldest supported pair.
@@ -475,6 +482,32 @@ def cmd_demo(args: Sequence[str]) -> int:
         return process.wait() or 130
 
 
+def cmd_bench(args: Sequence[str]) -> int:
+    venv = Venv("bench", _base_python(), (".",))
+    try:
+        what = venv.ensure()
+    except StepFailed as failure:
+        _say(f"FAILED: {failure}")
+        return failure.code or 1
+    if what != "reused":
+        _say(f"({what} {venv.path.relative_to(ROOT)})")
+    # the command line the report shows
+    env = {
+        **os.environ,
+        "SAFESTREAM_BENCH_COMMAND": shlex.join(["python3", "run.py", "bench", *args]),
+    }
+    process = subprocess.Popen([venv.python, str(BENCH_SCRIPT), *args], cwd=ROOT, env=env)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:  # the benchmark got the same SIGINT: it stops its servers itself
+        try:
+            return process.wait(BENCH_STOP_GRACE) or 130
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return 130
+
+
 # -- command line ------------------------------------------------------------------------
 
 
@@ -488,6 +521,12 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="run examples/download_demo.py in .venvs/demo; arguments go to the demo"
         " (`run.py demo --help` shows the demo's options)",
+        add_help=False,
+    )
+    commands.add_parser(
+        "bench",
+        help="run the benchmarks (benchmarks/run.py) in .venvs/bench; arguments go to it"
+        " (`run.py bench --help` shows its options, `--quick` is a one-minute smoke run)",
         add_help=False,
     )
     test = commands.add_parser(
@@ -523,11 +562,13 @@ def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     if argv[:1] == ["demo"]:
         return cmd_demo(argv[1:])
+    if argv[:1] == ["bench"]:
+        return cmd_bench(argv[1:])
     pytest_args: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
         argv, pytest_args = argv[:cut], argv[cut + 1 :]
-    options = _parser().parse_args(argv)  # "demo" was handled above: this is "test"
+    options = _parser().parse_args(argv)  # "demo" and "bench" were handled above: "test"
     return cmd_test(options.quick, options.recreate, options.run_timeout, pytest_args)
 
 

@@ -1,0 +1,473 @@
+"""
+One benchmark server variant per process, on 127.0.0.1.
+
+``python benchmarks/servers.py VARIANT --port 0 --file PATH --chunk N --executor-threads N``
+serves ``--file`` at ``/file`` in ``--chunk``-byte chunks, the way VARIANT does it, and prints
+its port on a line of its own (``--port-file`` also writes it to a file). Variants:
+
+``static``
+    Tornado's `~tornado.web.StaticFileHandler` (reads on the loop, 64 KiB chunks whatever
+    ``--chunk`` says). Its Etag is normally the SHA-512 of the whole file, computed once on
+    the loop; Tornado 6.6 refuses that for files over 64 MiB (it logs an error and sends no
+    Etag), so the subclass here versions the file from its size and mtime instead, as nginx
+    does: an Etag is still sent, and no request hashes the file.
+``loop``
+    Reads the file on the loop, ``write`` + ``await flush()`` per chunk.
+``executor``
+    Per chunk, ``await IOLoop.current().run_in_executor(pool, f.read, n)``, then ``write`` +
+    ``await flush()`` on the loop: the usual correct thread-pool handler.
+``broken``
+    The demo's pattern: ``@run_on_executor`` + ``self.write(chunk)`` +
+    ``io_loop.add_callback(self.flush)`` from the worker. Races; corrupts downloads.
+``push`` / ``generator``
+    `tornado_safestream`'s two styles (``@stream_on_executor`` with the default
+    ``max_buffer_bytes`` unless ``--max-buffer-bytes`` is given).
+
+``loop``, ``executor``, ``push`` and ``generator`` set ``Content-Length`` from the file's
+size, as `StaticFileHandler` does, so that all of them send the same bytes on the wire
+(``--chunked`` leaves it out: chunked transfer encoding, as for a body of unknown length);
+``broken`` is the demo's code and never sets it. ``--assert`` turns on assertion mode
+(`tornado_safestream.enable_thread_assertions`) before the server starts.
+
+Every variant also serves ``/ping`` (a 4-byte body written on the loop), ``/small`` (the
+``--small-file``, through the same variant, if given) and ``/stats``: JSON with the process's
+CPU time (``getrusage(RUSAGE_SELF)``), its current and peak RSS (``VmRSS``/``VmHWM`` from
+``/proc/self/status``; ``/stats?reset_peak=1`` resets the peak first, by writing 5 to
+``/proc/self/clear_refs``), its threads and the warnings and errors it logged.
+
+The server exits at once (``os._exit``) on SIGTERM or SIGINT, when its parent process goes
+away (``--exit-with-parent``) or after ``--max-lifetime`` seconds. Linux only (``/proc``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import json
+import logging
+import os
+import platform
+import resource
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import tornado
+from tornado.concurrent import run_on_executor
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.iostream import StreamClosedError
+from tornado.netutil import bind_sockets
+from tornado.web import Application, RequestHandler, StaticFileHandler
+
+import tornado_safestream
+from tornado_safestream import SafeStreamMixin, enable_thread_assertions, stream_on_executor
+
+HOST = "127.0.0.1"
+VARIANTS = ("static", "loop", "executor", "broken", "push", "generator")
+
+
+@dataclass(frozen=True)
+class FileConfig:
+    """What one route serves, and how."""
+
+    path: str
+    chunk: int
+    executor: Executor
+    content_length: bool
+
+
+def _set_length(handler: RequestHandler, config: FileConfig, fileno: int) -> None:
+    handler.set_header("Content-Type", "application/octet-stream")
+    if config.content_length:
+        handler.set_header("Content-Length", os.fstat(fileno).st_size)
+
+
+# -- the variants ------------------------------------------------------------------------
+
+
+class StaticDownload(StaticFileHandler):
+    """`StaticFileHandler` for one file (``default_filename``), versioned by size and mtime."""
+
+    def parse_url_path(self, url_path: str) -> str:
+        return self.default_filename or url_path
+
+    @classmethod
+    def get_content_version(cls, abspath: str) -> str:
+        # Tornado's default hashes the whole file on the loop (and gives up over 64 MiB).
+        stat = os.stat(abspath)
+        return f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
+
+
+class LoopDownload(RequestHandler):
+    """Reads on the loop; ``write`` + ``await flush()`` per chunk."""
+
+    def initialize(self, config: FileConfig) -> None:
+        self.config = config
+
+    async def get(self) -> None:
+        config = self.config
+        with open(config.path, "rb") as f:
+            _set_length(self, config, f.fileno())
+            while True:
+                chunk = f.read(config.chunk)
+                if not chunk:
+                    break
+                self.write(chunk)
+                try:
+                    await self.flush()
+                except StreamClosedError:
+                    return
+
+
+class ExecutorDownload(RequestHandler):
+    """Each chunk read with ``run_in_executor``; ``write`` + ``await flush()`` on the loop."""
+
+    def initialize(self, config: FileConfig) -> None:
+        self.config = config
+
+    async def get(self) -> None:
+        config = self.config
+        loop = IOLoop.current()
+        with open(config.path, "rb") as f:
+            _set_length(self, config, f.fileno())
+            while True:
+                chunk = await loop.run_in_executor(config.executor, f.read, config.chunk)
+                if not chunk:
+                    break
+                self.write(chunk)
+                try:
+                    await self.flush()
+                except StreamClosedError:
+                    return
+
+
+class BrokenDownload(RequestHandler):
+    """The demo's broken pattern: writes from a worker thread. Do not copy this."""
+
+    executor: Executor
+
+    def initialize(self, config: FileConfig) -> None:
+        self.config = config
+        self.executor = config.executor  # used by @run_on_executor
+
+    def prepare(self) -> None:
+        self.io_loop = IOLoop.current()
+
+    @run_on_executor
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/octet-stream")
+        with open(self.config.path, "rb") as f:
+            while True:
+                chunk = f.read(self.config.chunk)
+                if not chunk:
+                    break
+                self.write(chunk)  # touches the handler from a worker thread: races
+                self.io_loop.add_callback(self.flush)
+
+
+def library_handlers(max_buffer_bytes: int | None) -> dict[str, type[RequestHandler]]:
+    """The push- and generator-style handlers, decorated with *max_buffer_bytes* (or bare)."""
+    if max_buffer_bytes is None:
+        decorate = stream_on_executor()
+    else:
+        decorate = stream_on_executor(max_buffer_bytes=max_buffer_bytes)
+
+    class PushDownload(SafeStreamMixin, RequestHandler):
+        executor: Executor
+
+        def initialize(self, config: FileConfig) -> None:
+            self.config = config
+            self.executor = config.executor
+
+        @decorate
+        def get(self) -> None:
+            config = self.config
+            with open(config.path, "rb") as f:
+                _set_length(self, config, f.fileno())
+                while True:
+                    chunk = f.read(config.chunk)
+                    if not chunk:
+                        break
+                    self.write(chunk)
+                    self.flush()
+
+    class GeneratorDownload(SafeStreamMixin, RequestHandler):
+        executor: Executor
+
+        def initialize(self, config: FileConfig) -> None:
+            self.config = config
+            self.executor = config.executor
+
+        @decorate
+        def get(self) -> Iterator[bytes]:
+            config = self.config
+            with open(config.path, "rb") as f:
+                _set_length(self, config, f.fileno())
+                while True:
+                    chunk = f.read(config.chunk)
+                    if not chunk:
+                        break
+                    yield chunk
+
+    return {"push": PushDownload, "generator": GeneratorDownload}
+
+
+def default_max_buffer_bytes() -> int | None:
+    """The library's default ``max_buffer_bytes``, read from the decorator's signature."""
+    try:
+        default = inspect.signature(stream_on_executor).parameters["max_buffer_bytes"].default
+    except (KeyError, TypeError, ValueError):
+        return None
+    return default if isinstance(default, int) else None
+
+
+# -- /ping and /stats ----------------------------------------------------------------------
+
+
+class Ping(RequestHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain")
+        self.write(b"pong")
+
+
+class LogCounter(logging.Handler):
+    """Counts the warnings and errors logged, and keeps the first few for /stats."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+        self.samples: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if len(self.samples) < 5:
+            try:
+                self.samples.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+            except Exception:  # a bad format string: keep counting
+                self.samples.append(f"{record.levelname} {record.name}: {record.msg!r}")
+
+
+def _proc_status() -> dict[str, int]:
+    """``VmRSS``, ``VmHWM`` and ``Threads`` from ``/proc/self/status`` (bytes, count)."""
+    found: dict[str, int] = {}
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name in ("VmRSS", "VmHWM"):
+                    found[name] = int(value.split()[0]) * 1024
+                elif name == "Threads":
+                    found[name] = int(value.split()[0])
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class ServerInfo:
+    variant: str
+    assertions: bool
+    max_buffer_bytes: int | None  # what push/generator use; None for the other variants
+    content_length: bool
+    chunk: int
+    executor_threads: int
+    started: float
+    log: LogCounter
+
+
+class Stats(RequestHandler):
+    def initialize(self, info: ServerInfo) -> None:
+        self.info = info
+
+    def get(self) -> None:
+        reset = self.get_argument("reset_peak", "") not in ("", "0")
+        peak_reset = _reset_peak_rss() if reset else False
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        status = _proc_status()
+        info = self.info
+        body: dict[str, Any] = {
+            "pid": os.getpid(),
+            "variant": info.variant,
+            "assertions": info.assertions,
+            "max_buffer_bytes": info.max_buffer_bytes,
+            "library_default_max_buffer_bytes": default_max_buffer_bytes(),
+            "content_length": info.content_length,
+            "chunk": info.chunk,
+            "executor_threads": info.executor_threads,
+            "cpu_user": usage.ru_utime,
+            "cpu_system": usage.ru_stime,
+            "cpu": usage.ru_utime + usage.ru_stime,
+            "ru_maxrss_bytes": usage.ru_maxrss * 1024,  # since the start: cannot be reset
+            "vm_rss": status.get("VmRSS"),
+            "vm_hwm": status.get("VmHWM"),
+            "peak_reset": peak_reset,
+            "os_threads": status.get("Threads"),
+            "python_threads": threading.active_count(),
+            "errors_logged": info.log.count,
+            "error_samples": info.log.samples,
+            "uptime": time.monotonic() - info.started,
+            "python": platform.python_version(),
+            "python_implementation": platform.python_implementation(),
+            "tornado": tornado.version,
+            "tornado_safestream": tornado_safestream.__version__,
+        }
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.write(json.dumps(body).encode())
+
+
+# -- the server ----------------------------------------------------------------------------
+
+
+def make_app(args: argparse.Namespace, info: ServerInfo, executor: Executor) -> Application:
+    variant: str = args.variant
+    routes: list[tuple[str, type[RequestHandler], dict[str, Any]]] = [
+        (r"/ping", Ping, {}),
+        (r"/stats", Stats, {"info": info}),
+    ]
+    files = [("/file", str(args.file))]
+    if args.small_file:
+        files.append(("/small", str(args.small_file)))
+    classes: dict[str, type[RequestHandler]] = {
+        "loop": LoopDownload,
+        "executor": ExecutorDownload,
+        "broken": BrokenDownload,
+        **library_handlers(args.max_buffer_bytes),
+    }
+    for url, path in files:
+        if variant == "static":
+            directory, name = os.path.split(os.path.abspath(path))
+            # "()" captures the empty string, which parse_url_path maps to the file's name
+            routes.append(
+                (url + "()", StaticDownload, {"path": directory, "default_filename": name})
+            )
+        else:
+            config = FileConfig(path, args.chunk, executor, not args.chunked)
+            routes.append((url, classes[variant], {"config": config}))
+    # No access log: the same for every variant, and not what is measured.
+    return Application(routes, log_function=lambda handler: None)
+
+
+def _exit_now(code: int = 0) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    log = LogCounter()
+    logging.getLogger().addHandler(log)
+    variant: str = args.variant
+    library = variant in ("push", "generator")
+    mbb: int | None = args.max_buffer_bytes
+    info = ServerInfo(
+        variant=variant,
+        assertions=bool(args.assert_mode),
+        max_buffer_bytes=(mbb if mbb is not None else default_max_buffer_bytes())
+        if library
+        else None,
+        content_length=not args.chunked and variant != "broken",
+        chunk=args.chunk,
+        executor_threads=args.executor_threads,
+        started=time.monotonic(),
+        log=log,
+    )
+    executor = ThreadPoolExecutor(args.executor_threads, thread_name_prefix=f"bench-{variant}")
+    app = make_app(args, info, executor)
+    sockets = bind_sockets(args.port, HOST, backlog=1024)
+    server = HTTPServer(app)
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+
+    parent = os.getppid()
+    deadline = time.monotonic() + args.max_lifetime
+
+    def watchdog() -> None:
+        if args.exit_with_parent and os.getppid() != parent:
+            logging.warning("parent process gone: exiting")
+            _exit_now(1)
+        if time.monotonic() > deadline:
+            logging.warning("--max-lifetime reached: exiting")
+            _exit_now(1)
+
+    PeriodicCallback(watchdog, 1000).start()
+
+    if args.port_file:
+        temporary = f"{args.port_file}.tmp"
+        with open(temporary, "w", encoding="ascii") as f:
+            f.write(f"{port}\n")
+        os.replace(temporary, args.port_file)
+    print(port, flush=True)
+    await asyncio.Event().wait()  # until a signal or the watchdog ends the process
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("variant", choices=VARIANTS)
+    parser.add_argument("--port", type=int, default=0, help="0 (default) picks a free port")
+    parser.add_argument("--port-file", help="also write the port to this file")
+    parser.add_argument("--file", required=True, help="the file served at /file")
+    parser.add_argument("--small-file", help="a file served at /small, through the same variant")
+    parser.add_argument("--chunk", type=int, default=64 * 1024, help="chunk size in bytes")
+    parser.add_argument("--executor-threads", type=int, default=4, help="thread pool size")
+    parser.add_argument(
+        "--max-buffer-bytes",
+        type=int,
+        default=None,
+        help="max_buffer_bytes of push/generator (default: the library's)",
+    )
+    parser.add_argument(
+        "--chunked",
+        action="store_true",
+        help="do not set Content-Length (loop/executor/push/generator): chunked encoding",
+    )
+    parser.add_argument(
+        "--assert", dest="assert_mode", action="store_true", help="turn on assertion mode"
+    )
+    parser.add_argument(
+        "--exit-with-parent", action="store_true", help="exit when the parent process goes away"
+    )
+    parser.add_argument(
+        "--max-lifetime", type=float, default=3600.0, help="exit after this many seconds"
+    )
+    args = parser.parse_args(argv)
+    if args.chunk < 1 or args.executor_threads < 1:
+        parser.error("--chunk and --executor-threads must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: _exit_now(0))
+    if args.assert_mode:
+        enable_thread_assertions()
+    try:
+        asyncio.run(serve(args))
+    except BaseException:
+        traceback.print_exc()
+    _exit_now(1)  # serve() only returns by failing; worker threads must not keep us alive
+
+
+if __name__ == "__main__":
+    main()
