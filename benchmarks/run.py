@@ -1212,6 +1212,18 @@ def _git_revision() -> str:
     return f"{rev} (tornado_safestream/ modified)" if dirty else rev
 
 
+def library_fingerprint() -> str:
+    """A hash of the package's source files: the code the servers run."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "tornado_safestream").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0")
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            digest.update(b"unreadable")
+    return digest.hexdigest()[:12]
+
+
 def machine() -> dict[str, Any]:
     return {
         "nproc": os.cpu_count(),
@@ -1221,6 +1233,7 @@ def machine() -> dict[str, Any]:
         "loadavg": os.getloadavg(),
         "runner_python": platform.python_version(),
         "git": _git_revision(),
+        "library": library_fingerprint(),
     }
 
 
@@ -1384,10 +1397,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     host["loadavg_after"] = os.getloadavg()
     host["git_after"] = _git_revision()
-    if host["git_after"] != host["git"]:
+    host["library_after"] = library_fingerprint()
+    if host["library_after"] != host["library"]:
         bench.notes.append(
-            f"the code changed during the run (git {host['git']} before, {host['git_after']} "
-            "after): servers started at different times may have run different code."
+            f"tornado_safestream/ changed during the run (git {host['git']} before, "
+            f"{host['git_after']} after): servers started at different times may have run "
+            "different code."
         )
     steals = [
         run["steal"]
