@@ -176,11 +176,15 @@ class TestWriteWithoutFlush:
         rec.wait_for("returned")
 
 
-class FlushFuture(SafeStreamMixin, RequestHandler):
+class RecordingHandler(SafeStreamMixin, RequestHandler):
+    """A streaming handler with the test's executor and a `Recorder` for what the worker saw."""
+
     def initialize(self, executor: Executor, rec: Recorder) -> None:
         self.executor = executor
         self.rec = rec
 
+
+class FlushFuture(RecordingHandler):
     @stream_on_executor
     def get(self) -> None:
         self.write(b"abc")
@@ -192,11 +196,7 @@ class FlushFuture(SafeStreamMixin, RequestHandler):
         self.write(b"def")
 
 
-class FinishFuture(SafeStreamMixin, RequestHandler):
-    def initialize(self, executor: Executor, rec: Recorder) -> None:
-        self.executor = executor
-        self.rec = rec
-
+class FinishFuture(RecordingHandler):
     @stream_on_executor
     def get(self) -> None:
         self.write(b"a" * 1000)
@@ -208,11 +208,7 @@ class FinishFuture(SafeStreamMixin, RequestHandler):
         self.rec.add("finish_error", finished.exception(timeout=TIMEOUT))
 
 
-class ResponseMethods(SafeStreamMixin, RequestHandler):
-    def initialize(self, executor: Executor, rec: Recorder) -> None:
-        self.executor = executor
-        self.rec = rec
-
+class ResponseMethods(RecordingHandler):
     @stream_on_executor
     def get(self) -> None:
         self.set_status(201)
@@ -237,22 +233,14 @@ class ResponseMethods(SafeStreamMixin, RequestHandler):
         self.rec.add("returned")
 
 
-class RedirectEarly(SafeStreamMixin, RequestHandler):
-    def initialize(self, executor: Executor, rec: Recorder) -> None:
-        self.executor = executor
-        self.rec = rec
-
+class RedirectEarly(RecordingHandler):
     @stream_on_executor
     def get(self) -> None:
         self.redirect("/elsewhere")
         self.rec.add("returned")
 
 
-class RedirectLate(SafeStreamMixin, RequestHandler):
-    def initialize(self, executor: Executor, rec: Recorder) -> None:
-        self.executor = executor
-        self.rec = rec
-
+class RedirectLate(RecordingHandler):
     @stream_on_executor
     def get(self) -> None:
         self.write(b"partial")
@@ -264,11 +252,7 @@ class RedirectLate(SafeStreamMixin, RequestHandler):
         self.rec.add("returned")
 
 
-class WriteAfterFinish(SafeStreamMixin, RequestHandler):
-    def initialize(self, executor: Executor, rec: Recorder) -> None:
-        self.executor = executor
-        self.rec = rec
-
+class WriteAfterFinish(RecordingHandler):
     @stream_on_executor
     def get(self) -> None:
         self.write(b"x")
@@ -280,11 +264,7 @@ class WriteAfterFinish(SafeStreamMixin, RequestHandler):
         self.rec.add("returned")
 
 
-class SendError(SafeStreamMixin, RequestHandler):
-    def initialize(self, executor: Executor, rec: Recorder) -> None:
-        self.executor = executor
-        self.rec = rec
-
+class SendError(RecordingHandler):
     @stream_on_executor
     def get(self) -> None:
         self.write(b"discarded")
@@ -292,11 +272,7 @@ class SendError(SafeStreamMixin, RequestHandler):
         self.rec.add("returned")
 
 
-class ReturnFinishes(SafeStreamMixin, RequestHandler):
-    def initialize(self, executor: Executor, rec: Recorder) -> None:
-        self.executor = executor
-        self.rec = rec
-
+class ReturnFinishes(RecordingHandler):
     def prepare(self) -> None:
         self.rec.add("prepare")
 
