@@ -17,21 +17,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log
 
 from ._calls import FLUSHING_METHODS
 from ._channel import FLUSH, Call, Channel, End, Op
-from ._framing import take_over_framing
+from ._output import take_over
 
 if TYPE_CHECKING:
     from ._mixin import SafeStreamMixin
 
 __all__ = ("Consumer", "ignore_outcome")
 
-#: The producer's calls that must go through the mixin's framing-aware versions.
+#: The producer's calls that must go through the mixin's versions (see _output).
 _FRAMING_AWARE = {"flush": "_safestream_flush", "finish": "_safestream_finish"}
 
 #: Runs of chunks smaller than this, on average, are joined before they reach the handler.
@@ -118,6 +118,9 @@ class Consumer:
             channel.detach()
 
     async def _carry_out(self, ops: list[Op], flush: bool) -> End | None:
+        # Ops are popped as they are carried out: once the handler's flush() has joined
+        # the chunks into its one copy, nothing here keeps them alive (for a slow client,
+        # that halves the memory a stream holds), and `_fail_untaken` sees only the rest.
         handler = self._handler
         if handler._finished:  # finished on the loop behind the producer's back
             self._channel.mark_finished()
@@ -125,10 +128,12 @@ class Consumer:
         dropped = 0
         run: list[bytes] = []  # consecutive writes: one handler.write() for them all
         end: End | None = None
-        for op in ops:
-            if type(op) is bytes:
-                run.append(op)
+        ops.reverse()
+        while ops:
+            if type(ops[-1]) is bytes:
+                run.append(cast(bytes, ops.pop()))
                 continue
+            op = ops.pop()
             if run:
                 dropped += self._write(run, discard)
                 run = []
@@ -142,6 +147,7 @@ class Consumer:
                 end = op
         if run:
             dropped += self._write(run, discard)
+            run = []
         if flush or self._unflushed > self._channel.max_buffer_bytes:
             await self._flush()
         if dropped:
@@ -197,8 +203,8 @@ class Consumer:
             first = not handler._headers_written
             try:
                 sent = self._call(handler._safestream_flush)
-                if first and take_over_framing(handler):
-                    handler._safestream_framed = True
+                if first:
+                    handler._safestream_output = take_over(handler)
                 await self.sent(sent)
             except Exception as error:
                 self._abort(error)
@@ -207,7 +213,7 @@ class Consumer:
     async def _execute(self, call: Call) -> None:
         flushing = call.name in FLUSHING_METHODS
         nbytes = self._unflushed if flushing else 0
-        # flush() and finish() from the producer: with the library's framing, if any.
+        # flush() and finish() from the producer: through the library's output path, if any.
         aware = _FRAMING_AWARE.get(call.name)
         try:
             method = getattr(self._handler, aware) if aware else getattr(self._base, call.name)
@@ -230,6 +236,9 @@ class Consumer:
             except Exception as error:
                 outcome.set_exception(error)
                 self._abort(error)
+            except BaseException:  # cancelled: the producer must not wait for ever
+                outcome.set_exception(StreamClosedError())
+                raise
             else:
                 outcome.set_result(None)
         else:

@@ -10,7 +10,7 @@ from tornado.web import RequestHandler
 
 from ._calls import FLUSHING_METHODS, RESPONSE_METHODS
 from ._channel import Channel, producing
-from ._framing import frame
+from ._output import Output
 
 if TYPE_CHECKING:
     from asyncio import Future
@@ -88,9 +88,9 @@ class SafeStreamMixin(_HandlerBase):
 
     # Loop-owned: the consumer of the stream this handler is running, if any.
     _safestream_consumer: Consumer | None = None
-    # Loop-owned: the response's chunked framing is done by the library (see _framing), and
-    # whether Tornado's finish() is running (its flush carries the last chunk).
-    _safestream_framed = False
+    # Loop-owned: the library's output path once it took the response's output over (see
+    # _output), and whether Tornado's finish() is running (its flush carries the last chunk).
+    _safestream_output: Output | None = None
     _safestream_finishing = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -131,9 +131,12 @@ class SafeStreamMixin(_HandlerBase):
         return channel.flush()
 
     def _safestream_flush(self, include_footers: bool = False) -> Future[None]:
-        """Tornado's flush(), with the library's chunked framing if it took that over."""
-        if self._safestream_framed:
-            frame(self, last=include_footers and self._safestream_finishing)
+        """Tornado's flush(), or the library's output path once it took the output over."""
+        output = self._safestream_output
+        if output is not None and threading.get_ident() == output.loop_thread:
+            return output.flush(self, last=include_footers and self._safestream_finishing)
+        # Tornado's, also from a wrong thread: a race, as it is without the library, which
+        # assertion mode reports as such (at RequestHandler.flush()).
         return super().flush(include_footers)
 
     def _safestream_finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
