@@ -20,7 +20,7 @@ back), and the consumer resumes it as the budget frees or the stream closes.
 
 The producer's waits come back every `POLL_SECONDS` to check that the loop is not closed:
 a closed loop will never serve them, and a thread blocked for ever would hang the process
-at exit.
+at exit. (``loop.is_closed()`` is read without a lock: a stale answer costs one more poll.)
 
 .. warning::
 

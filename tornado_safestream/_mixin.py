@@ -38,12 +38,15 @@ def _producer_channel(handler: SafeStreamMixin, method: str) -> Channel | None:
     channel = producing.channel
     if channel is not None and channel.handler is handler:
         return channel
+    # `_safestream_consumer` is written only on the loop. Another thread may read a stale
+    # value here: that only decides whether it gets Tornado's method (and assertion mode's
+    # WrongThreadError) now or later; it never reads the consumer's loop-owned state.
     consumer = handler._safestream_consumer
     if (
         consumer is not None
-        and not consumer.calling
         and method in _RACING_METHODS
-        and threading.get_ident() == consumer.loop_thread
+        and threading.get_ident() == consumer.loop_thread  # immutable; then on the loop
+        and not consumer.calling
     ):
         raise RuntimeError(
             f"{type(handler).__qualname__}.{method}() was called on the IOLoop while "
