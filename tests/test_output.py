@@ -8,6 +8,7 @@ with the framing the response announced.
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Iterator
 from concurrent.futures import Executor
 
@@ -58,7 +59,9 @@ class Push(SafeStreamMixin, RequestHandler):
         for chunk, last in pieces(int(self.get_argument("seed"))):
             self.write(chunk)
             if last:  # the first group's flush writes the headers; the others, the library
-                self.flush().result(TIMEOUT)
+                sent = self.flush()
+                assert isinstance(sent, concurrent.futures.Future)  # in the worker
+                sent.result(TIMEOUT)
 
 
 class Generator(SafeStreamMixin, RequestHandler):

@@ -10,12 +10,18 @@ to a new channel, waits for the producer to end, and concludes the response:
 - it raised after: the error is logged once and the connection is closed with no proper end
   of body, so a client never takes a truncated body for a whole one;
 - the client left: the producer's `~tornado.iostream.StreamClosedError` is not an error.
+
+Before anything runs, it refuses a `~concurrent.futures.ThreadPoolExecutor` inherited
+through a ``fork()`` (`tornado.process.fork_processes`) after its threads were started:
+such a pool believes it has workers that do not exist in this process, and the request
+would hang for ever. The `RuntimeError` goes to Tornado's error path (a 500, logged).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import concurrent.futures.thread
 import contextlib
 import contextvars
 from dataclasses import dataclass
@@ -65,6 +71,12 @@ async def run_stream(
         )
     executor = _find_executor(handler, options.executor, where)
     loop = asyncio.get_running_loop()
+    if executor is not None:
+        _refuse_inherited_pool(executor, f"self.{options.executor}", where)
+    else:  # asyncio's (private) attribute; an executor is only created there once used
+        _refuse_inherited_pool(
+            getattr(loop, "_default_executor", None), "the IOLoop's default executor", where
+        )
     channel = Channel(loop, handler, where, options.max_buffer_bytes)
     context = contextvars.copy_context()
 
@@ -117,6 +129,33 @@ def _find_executor(handler: object, name: str, where: str) -> concurrent.futures
     raise TypeError(
         f"{where}(): self.{name} is a {type(executor).__qualname__} object, not a "
         "concurrent.futures.Executor (or None, for the IOLoop's default executor)"
+    )
+
+
+def _refuse_inherited_pool(executor: object, what: str, where: str) -> None:
+    """Raise if ``executor`` is a thread pool whose threads were started before a fork."""
+    if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+        return
+    # CPython's private state, read with defaults: after fork(), the child's copy of the
+    # pool still lists the parent's worker threads (and counts them as idle), but
+    # Thread.is_alive() is False for every thread but the one that forked, and no new
+    # worker is started while the listed ones look idle: submit() would queue work that
+    # nothing runs. Once per request: a set of at most max_workers threads.
+    threads = getattr(executor, "_threads", None)
+    if not threads or all(thread.is_alive() for thread in tuple(threads)):
+        return
+    if (
+        getattr(executor, "_shutdown", False)
+        or getattr(executor, "_broken", False)
+        or getattr(concurrent.futures.thread, "_shutdown", False)  # the interpreter's exit
+    ):
+        return  # its workers ended here: submit() raises its own error
+    raise RuntimeError(
+        f"{where}(): {what} is a ThreadPoolExecutor whose worker threads were started in "
+        "another process, before a fork (tornado.process.fork_processes(), os.fork()); they "
+        "do not exist in this process, so work submitted to it would never run. Create the "
+        "executor after fork_processes(), in the process that uses it: for instance on first "
+        "use, or in each child's startup code"
     )
 
 
