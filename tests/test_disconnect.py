@@ -380,6 +380,29 @@ def test_cancelled_stream_closes_the_parked_generator_in_the_executor(
     assert logs.errors() == []
 
 
+@pytest.mark.parametrize("handler", [CancelledPush, CancelledGenerator], ids=["push", "generator"])
+def test_a_stream_cancelled_after_the_headers_is_cut_short_not_ended(
+    server: ServerFactory, make_executor: ExecutorFactory, logs: LogRecorder, handler: type[Gone]
+) -> None:
+    # Regression: once `async def get` gave up on its stream (asyncio.wait_for), Tornado's
+    # auto-finish, or its send_error(500) for a cancelled task, finished the response: a
+    # chunked body cut short ended with its last chunk, as if whole.
+    pool = make_executor(1, "single")
+    rec, progress = Recorder(), Progress()
+    srv = server([("/", handler, dict(executor=pool, rec=rec, progress=progress))], sndbuf=16 * KiB)
+    with RawConnection(srv.port, rcvbuf=8 * KiB) as conn:
+        conn.send_request("GET", "/")
+        head = conn.read_head()  # then stall until the handler gives up
+        rec.wait_for("gave_up")
+        rec.wait_for("worker_done")
+        response = conn.body_reader(head).response()
+    assert head.get("Transfer-Encoding") == "chunked"
+    assert not response.complete, "a cancelled stream ended as if whole"
+    assert not rec.has("ran_to_the_end")
+    assert_idle(pool)
+    assert logs.errors() == []
+
+
 def test_stall_timeout_covers_the_final_flush(
     server: ServerFactory, make_executor: ExecutorFactory, logs: LogRecorder
 ) -> None:

@@ -194,7 +194,10 @@ class Channel:
             if self._closed is not None:
                 return Put.CLOSED
             if self._finished:
-                raise RuntimeError("Cannot write() after finish()")
+                raise RuntimeError(
+                    f"Cannot write() after finish(): {self.where}() yielded a chunk after "
+                    "the response was finished"
+                )
             self._ops.append(data)
             self._pending += len(data)
             self._flush_requested = True

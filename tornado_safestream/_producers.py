@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import inspect
 import threading
 from collections.abc import Generator
 from typing import Callable
@@ -129,11 +130,12 @@ class GeneratorProducer:
         if channel.closed:
             self._close(None)
             return False
-        generator = self._generator
         where = channel.where
         while True:
             try:
-                chunk = next(generator)
+                # No local for the generator: a traceback that keeps this frame must not
+                # keep the generator alive (see _close).
+                chunk = next(self._generator)
             except StopIteration:
                 channel.end(None)
                 return False
@@ -159,4 +161,23 @@ class GeneratorProducer:
         except BaseException as close_error:
             if error is None:
                 error = close_error
+            if inspect.getgeneratorstate(self._generator) == inspect.GEN_SUSPENDED:
+                # It yielded at the GeneratorExit ("generator ignored GeneratorExit"): it is
+                # still suspended, and Python closes it again once it is collected. Let go of
+                # it now, so that this happens here, in the executor, and not on whichever
+                # thread (the IOLoop's) drops the last reference to it, whenever that is.
+                self._generator = _exhausted()
+                if error is close_error:
+                    error = RuntimeError(
+                        f"{self._channel.where}() yielded while being closed: a generator "
+                        "method must let GeneratorExit through at its yield (raised there "
+                        "when the client left or the response ended), not yield again"
+                    )
+                    error.__cause__ = close_error
         self._channel.end(error)
+
+
+def _exhausted() -> Generator[object, None, None]:
+    """A generator with nothing left: what a producer holds once it let go of the method's."""
+    return
+    yield

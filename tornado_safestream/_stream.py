@@ -109,7 +109,12 @@ async def run_stream(
     try:
         error = await consumer.run()
     except BaseException:  # cancelled: let the producer go
+        handler._safestream_consumer = None
         consumer.client_gone()
+        if handler._headers_written and not handler._finished:
+            # Never passed off as whole: Tornado's answer to a cancelled handler,
+            # send_error(500), would finish() it, ending a chunked body properly.
+            _cut(handler)
         raise
     finally:
         handler._safestream_consumer = None
