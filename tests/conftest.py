@@ -16,6 +16,23 @@ from helpers import (
     ServerThread,
     make_app,
 )
+from hypothesis import Phase, settings
+
+# Property tests: "ci" (bounded, reproducible, no example database) is what a plain `pytest`
+# runs; "soak" explores: `pytest --hypothesis-profile=soak tests/test_properties.py`.
+settings.register_profile(
+    "ci",
+    max_examples=50,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    phases=[Phase.explicit, Phase.generate, Phase.shrink],  # a failure is reported promptly
+)
+settings.register_profile(
+    "soak", settings.get_profile("ci"), max_examples=2000, derandomize=False, phases=list(Phase)
+)
+settings.load_profile("ci")
 
 
 @pytest.fixture
