@@ -21,6 +21,9 @@ back), and the consumer resumes it as the budget frees or the stream closes.
 The producer's waits come back every `POLL_SECONDS` to check that the loop is not closed:
 a closed loop will never serve them, and a thread blocked for ever would hang the process
 at exit. (``loop.is_closed()`` is read without a lock: a stale answer costs one more poll.)
+So do the futures a producer gets from ``flush()`` and ``finish()`` (`ProducerFuture`). A
+parked generator has no thread waiting: if its loop is closed under it (without closing the
+connections first), it is left suspended, as asyncio leaves the loop's own coroutines.
 
 .. warning::
 
@@ -36,11 +39,22 @@ import concurrent.futures
 import contextlib
 import enum
 import threading
+import time
 from typing import Any, Union
 
 from tornado.iostream import StreamClosedError
 
-__all__ = ("FLUSH", "POLL_SECONDS", "Call", "Channel", "End", "Op", "Put", "producing")
+__all__ = (
+    "FLUSH",
+    "POLL_SECONDS",
+    "Call",
+    "Channel",
+    "End",
+    "Op",
+    "ProducerFuture",
+    "Put",
+    "producing",
+)
 
 #: How often a blocked producer checks that the loop is still there.
 POLL_SECONDS = 0.25
@@ -88,6 +102,38 @@ class End:
 
 
 Op = Union[bytes, Call, End, _Marker]
+
+
+class ProducerFuture(concurrent.futures.Future[None]):
+    """
+    A future a producer may wait on (``flush()``, ``finish()``): its ``result()`` and
+    ``exception()`` raise `StreamClosedError` once the loop is closed, since nothing will
+    ever resolve it then. (``concurrent.futures.wait()`` does not poll: it only sees the
+    outcome once one of these did.)
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._loop = loop
+
+    def result(self, timeout: float | None = None) -> None:
+        self._wait(timeout)
+        return super().result(0)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait(timeout)
+        return super().exception(0)
+
+    def _wait(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done():
+            left = POLL_SECONDS if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return  # the caller's super() call raises TimeoutError
+            concurrent.futures.wait([self], min(left, POLL_SECONDS))
+            if not self.done() and self._loop.is_closed():
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    self.set_exception(StreamClosedError())
 
 
 class Put(enum.Enum):
@@ -178,7 +224,7 @@ class Channel:
             self._flush_requested = True
             future = self._flush_future
             if future is None:
-                future = self._flush_future = concurrent.futures.Future()
+                future = self._flush_future = self.producer_future()
             wake = self._consumer_idle
             self._consumer_idle = False
             over = self._pending > self.max_buffer_bytes
@@ -213,9 +259,11 @@ class Channel:
         After `Put.FULL`, once the producer's task let go of its thread's context.
 
         :return: ``True`` if parked (the consumer will resume the producer); ``False`` if the
-            producer must go on at once: the budget freed up meanwhile, or the stream closed.
+            producer must go on at once: the budget freed up meanwhile, or the stream closed
+            (its loop included).
         """
         with self._lock:
+            self._note_closed_loop()
             if self._closed is not None or self._pending < self.max_buffer_bytes:
                 return False
             self._parked = True
@@ -261,8 +309,19 @@ class Channel:
 
     def _raise_if_closed(self) -> None:
         # Warning! Call with _lock held.
+        self._note_closed_loop()
         if self._closed is not None:
             raise StreamClosedError(real_error=self._closed.real_error)
+
+    def _note_closed_loop(self) -> None:
+        # Warning! Call with _lock held. Nothing will send what a closed loop was given.
+        if self._closed is None and self._loop.is_closed():
+            self._closed = StreamClosedError()
+            self._budget.notify_all()
+
+    def producer_future(self) -> ProducerFuture:
+        """A future for the producer to wait on, that fails once the loop is closed."""
+        return ProducerFuture(self._loop)
 
     def _raise_if_unwritable(self, method: str) -> None:
         # Warning! Call with _lock held.

@@ -229,7 +229,7 @@ class Consumer:
             self._unflushed = 0
         if isinstance(result, asyncio.Future):
             # flush() or finish(): the producer gets a future of its own thread's kind.
-            outcome: concurrent.futures.Future[None] = concurrent.futures.Future()
+            outcome = self._channel.producer_future()
             call.future.set_result(outcome)
             try:
                 await self.sent(result)  # nothing may flush before this one is done

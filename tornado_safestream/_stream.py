@@ -108,10 +108,17 @@ async def run_stream(
     handler._safestream_consumer = consumer
     try:
         error = await consumer.run()
-    except BaseException:  # cancelled: let the producer go
+    except BaseException as exc:  # cancelled: let the producer go
         handler._safestream_consumer = None
         consumer.client_gone()
-        if handler._headers_written and not handler._finished:
+        if (
+            handler._headers_written
+            and not handler._finished
+            # Closed, not cancelled: collected after its loop was closed under it. Tornado's
+            # objects can do nothing any more (a close() raises "Event loop is closed").
+            and not isinstance(exc, GeneratorExit)
+            and not loop.is_closed()
+        ):
             # Never passed off as whole: Tornado's answer to a cancelled handler,
             # send_error(500), would finish() it, ending a chunked body properly.
             _cut(handler)
