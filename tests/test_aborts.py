@@ -623,7 +623,6 @@ def test_thousand_aborted_downloads_leave_nothing_behind(
     server: ServerFactory,
     make_executor: ExecutorFactory,
     logs: LogRecorder,
-    record_property: Callable[[str, object], None],
 ) -> None:
     """Aborts at every point and in every producer state leave no work, thread, fd or memory.
 
@@ -698,10 +697,6 @@ def test_thousand_aborted_downloads_leave_nothing_behind(
     finally:
         if not tracing:
             tracemalloc.stop()
-    record_property("aborts", ABORTS)
-    record_property("threads", f"{threads_before} -> {threads_after}")
-    record_property("fds", f"{fds_before} -> {fds_after}")
-    record_property("traced_memory_growth", growth)
     print(
         f"{summary}; threads {threads_before} -> {threads_after}, fds {fds_before} -> "
         f"{fds_after}, traced memory {memory_before} -> {memory_after} (+{growth} B)"

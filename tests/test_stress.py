@@ -20,7 +20,6 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 from helpers import (
     TIMEOUT,
@@ -332,7 +331,6 @@ def test_thousand_downloads_32_at_a_time_are_byte_exact(
     server: ServerFactory,
     make_executor: ExecutorFactory,
     logs: LogRecorder,
-    record_property: Callable[[str, object], None],
 ) -> None:
     """Every download of the plan arrives whole and byte-exact; nothing is left busy or logged."""
     plan = make_plan()
@@ -370,7 +368,5 @@ def test_thousand_downloads_32_at_a_time_are_byte_exact(
     assert not noisy, "logged during the run:\n" + "\n".join(map(record_text, noisy[:5]))
 
     total = sum(entry.size for entry in plan)
-    record_property("downloads", DOWNLOADS)
-    record_property("bytes_moved", total)
     styles = collections.Counter(entry.style for entry in plan)
     print(f"{DOWNLOADS} downloads, {total} body bytes ({total / MiB:.1f} MiB), {dict(styles)}")
