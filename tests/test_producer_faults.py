@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import logging
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -123,6 +125,21 @@ class GeneratorClosingRaises(Base):
             self.ran_finally()
             if how == "finally":
                 raise ValueError("raised-in-finally-while-closing")
+
+
+class NeverLetsGo(Base):
+    """A generator that yields again at every GeneratorExit."""
+
+    @stream_on_executor(max_buffer_bytes=16 * KiB)
+    def get(self) -> Iterator[bytes]:
+        try:
+            for _ in range(10_000):
+                try:
+                    yield CHUNK
+                except GeneratorExit:
+                    self.rec.add("generator_exit", threading.current_thread().name)
+        finally:
+            self.rec.add("ended", threading.current_thread().name)
 
 
 class PushCleanupRaises(Base):
@@ -432,6 +449,26 @@ class TestClosedGeneratorMisbehaves:
         assert 1 <= len(exits) <= 2, exits
         assert all(isinstance(name, str) and name.startswith(WORKER) for name in exits), exits
         assert_finally_ran_once_in_the_executor(rec)
+
+    def test_a_generator_that_never_lets_go_is_ended_and_reported_once(
+        self, server: ServerFactory, make_executor: ExecutorFactory, logs: LogRecorder
+    ) -> None:
+        # Regression: a generator that yields at every GeneratorExit was logged by the
+        # library, then reported again by Python ("Exception ignored") when it was collected.
+        unraisable: list[str] = []
+        previous = sys.unraisablehook
+        sys.unraisablehook = lambda info: unraisable.append(f"{info.exc_value!r} {info.object!r}")
+        try:
+            srv, pool, rec = serve(server, make_executor, stubborn=NeverLetsGo)
+            read_some_then_leave(srv.port, "/stubborn")
+            rec.wait_for("ended")  # where it yielded, in the executor
+            assert_worker_free(pool)
+            logged_once(srv, logs, "GeneratorExit", NeverLetsGo)
+            gc.collect()
+        finally:
+            sys.unraisablehook = previous
+        assert unraisable == []
+        assert all(str(name).startswith(WORKER) for name in rec.values("generator_exit")), rec
 
     def test_push_cleanup_raising_after_the_client_left_is_logged_once(
         self, server: ServerFactory, make_executor: ExecutorFactory, logs: LogRecorder

@@ -634,3 +634,32 @@ class TestChunkedFraming:
                 assert response.framing == "chunked"
                 assert response.complete
                 assert sha256(response.body) == sha256(payload(300 * KiB, seed=7))
+
+
+class CancelsItsFlush(SafeStreamMixin, RequestHandler):
+    """Cancels the future flush() gave it (as after a wait that timed out), then writes on."""
+
+    def initialize(self, executor: Executor, rec: Recorder) -> None:
+        self.executor = executor
+        self.rec = rec
+
+    @stream_on_executor
+    def get(self) -> None:
+        self.write(b"a" * 1000)
+        flushed = self.flush()
+        self.rec.add("cancelled", flushed.cancel())
+        self.write(b"b" * 1000)
+
+
+def test_a_flush_future_cannot_be_cancelled_and_the_stream_goes_on(
+    server: ServerFactory, executor: Executor, logs: LogRecorder
+) -> None:
+    # Regression: cancel() succeeded, and the consumer's set_result() on the cancelled
+    # future then broke the stream.
+    rec = Recorder()
+    srv = server([("/", CancelsItsFlush, {"executor": executor, "rec": rec})])
+    response = fetch(srv.port, "/")
+    assert rec.values("cancelled") == [False]
+    assert response.complete
+    assert response.body == b"a" * 1000 + b"b" * 1000
+    assert logs.errors() == []

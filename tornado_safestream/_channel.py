@@ -124,6 +124,20 @@ class ProducerFuture(concurrent.futures.Future[None]):
         self._wait(timeout)
         return super().exception(0)
 
+    def cancel(self) -> bool:
+        """The bytes are on their way (a running call's future): this can't be cancelled."""
+        return False
+
+    def set_result(self, result: None) -> None:
+        # The loop's outcome may come after the one this future gave itself when the loop
+        # closed (or a coroutine collected later): the first one stands.
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            super().set_result(result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            super().set_exception(exception)
+
     def _wait(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.done():

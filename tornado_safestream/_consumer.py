@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from typing import TYPE_CHECKING, Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable
 
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log
@@ -129,11 +129,12 @@ class Consumer:
         run: list[bytes] = []  # consecutive writes: one handler.write() for them all
         end: End | None = None
         ops.reverse()
+        pop = ops.pop
         while ops:
-            if type(ops[-1]) is bytes:
-                run.append(cast(bytes, ops.pop()))
+            op = pop()
+            if type(op) is bytes:
+                run.append(op)
                 continue
-            op = ops.pop()
             if run:
                 dropped += self._write(run, discard)
                 run = []

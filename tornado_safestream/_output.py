@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING
 
 from tornado.concurrent import chain_future
 from tornado.http1connection import HTTP1Connection
+from tornado.httputil import HTTPOutputError
+from tornado.iostream import StreamClosedError
 
 if TYPE_CHECKING:
     from tornado.web import RequestHandler
@@ -66,8 +68,14 @@ class Output:
         """
         pending = handler._write_buffer
         handler._write_buffer = []
+        size = sum(map(len, pending))
+        remaining = self._connection._expected_content_remaining
+        if remaining is not None and size > remaining and not self._connection.stream.closed():
+            # As Tornado's flush: none of a flush that overruns the Content-Length is sent,
+            # or its first pieces could fill the body exactly and pass it off as complete.
+            self._connection.stream.close()
+            raise HTTPOutputError("Tried to write more data than Content-Length")
         if self._chunked:
-            size = sum(map(len, pending))
             if size:
                 pending = [b"%x\r\n" % size, *pending, b"\r\n"]
             if last:
@@ -112,6 +120,16 @@ class Output:
         return done
 
     def _write(self, piece: bytes) -> Future[None]:
+        stream = self._connection.stream
+        if stream.closed():
+            # Not HTTP1Connection.write(): on a closed stream it makes its write future a
+            # failed one, which the pending _on_write_complete of an earlier piece (its
+            # stream future failed by the close) then resolves again: InvalidStateError,
+            # logged by asyncio as "Exception in callback".
+            failed: Future[None] = Future()
+            failed.set_exception(StreamClosedError(real_error=stream.error))
+            failed.exception()
+            return failed
         return self._connection.write(piece)
 
 

@@ -16,6 +16,7 @@ left the context, so the task that resumes it can enter it.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import contextvars
 import inspect
 import threading
@@ -166,6 +167,11 @@ class GeneratorProducer:
                 # still suspended, and Python closes it again once it is collected. Let go of
                 # it now, so that this happens here, in the executor, and not on whichever
                 # thread (the IOLoop's) drops the last reference to it, whenever that is.
+                # Python's own close() at collection would raise the same RuntimeError again
+                # and print it ("Exception ignored in"): the error would be reported twice.
+                # Stop it now with an exception its `except GeneratorExit` does not catch.
+                with contextlib.suppress(_Abandoned, Exception):
+                    self._generator.throw(_Abandoned())
                 self._generator = _exhausted()
                 if error is close_error:
                     error = RuntimeError(
@@ -175,6 +181,10 @@ class GeneratorProducer:
                     )
                     error.__cause__ = close_error
         self._channel.end(error)
+
+
+class _Abandoned(BaseException):
+    """Thrown into a generator that ignored GeneratorExit, to end it where it yielded."""
 
 
 def _exhausted() -> Generator[object, None, None]:
