@@ -17,7 +17,8 @@ Only over Tornado's own ``HTTP1Connection``, for a response with no output trans
 changes the body) that is not an answer to HEAD; everywhere else Tornado's ``flush()``
 does it, as usual. This relies on ``HTTP1Connection._chunking_output`` and
 ``HTTP1Connection._pending_write``, present from Tornado 6.3 to 6.6 at least; without them
-nothing is taken over.
+nothing is taken over. (A flush also reads ``_expected_content_remaining``, to refuse one
+that overruns the ``Content-Length`` as a whole, as Tornado's ``flush()`` does.)
 
 .. warning::
 
@@ -69,7 +70,7 @@ class Output:
         pending = handler._write_buffer
         handler._write_buffer = []
         size = sum(map(len, pending))
-        remaining = self._connection._expected_content_remaining
+        remaining = getattr(self._connection, "_expected_content_remaining", None)
         if remaining is not None and size > remaining and not self._connection.stream.closed():
             # As Tornado's flush: none of a flush that overruns the Content-Length is sent,
             # or its first pieces could fill the body exactly and pass it off as complete.
