@@ -18,11 +18,9 @@ socket. A push producer blocks while it is over ``max_buffer_bytes``; a generato
 stops once it reaches it and *parks* (`Channel.park`, after giving its thread and context
 back), and the consumer resumes it as the budget frees or the stream closes.
 
-The producer's waits come back every `POLL_SECONDS` to check that the loop is not closed:
-a closed loop will never serve them, and a thread blocked for ever would hang the process
-at exit. (``loop.is_closed()`` is read without a lock: a stale answer costs one more poll.)
-So do the futures a producer gets from ``flush()`` and ``finish()`` (`ProducerFuture`). A
-parked generator has no thread waiting: if its loop is closed under it (without closing the
+The producer's waits never last for ever (see `._waiting`): they give up once the loop is
+closed, and so do the futures a producer gets from ``flush()`` and ``finish()``. A parked
+generator has no thread waiting: if its loop is closed under it (without closing the
 connections first), it is left suspended, as asyncio leaves the loop's own coroutines.
 
 .. warning::
@@ -39,25 +37,13 @@ import concurrent.futures
 import contextlib
 import enum
 import threading
-import time
 from typing import Any, Union
 
 from tornado.iostream import StreamClosedError
 
-__all__ = (
-    "FLUSH",
-    "POLL_SECONDS",
-    "Call",
-    "Channel",
-    "End",
-    "Op",
-    "ProducerFuture",
-    "Put",
-    "producing",
-)
+from ._waiting import POLL_SECONDS, ProducerFuture
 
-#: How often a blocked producer checks that the loop is still there.
-POLL_SECONDS = 0.25
+__all__ = ("FLUSH", "Call", "Channel", "End", "Op", "Put", "producing")
 
 
 class _Marker:
@@ -102,52 +88,6 @@ class End:
 
 
 Op = Union[bytes, Call, End, _Marker]
-
-
-class ProducerFuture(concurrent.futures.Future[None]):
-    """
-    A future a producer may wait on (``flush()``, ``finish()``): its ``result()`` and
-    ``exception()`` raise `StreamClosedError` once the loop is closed, since nothing will
-    ever resolve it then. (``concurrent.futures.wait()`` does not poll: it only sees the
-    outcome once one of these did.)
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
-        self._loop = loop
-
-    def result(self, timeout: float | None = None) -> None:
-        self._wait(timeout)
-        return super().result(0)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        self._wait(timeout)
-        return super().exception(0)
-
-    def cancel(self) -> bool:
-        """The bytes are on their way (a running call's future): this can't be cancelled."""
-        return False
-
-    def set_result(self, result: None) -> None:
-        # The loop's outcome may come after the one this future gave itself when the loop
-        # closed (or a coroutine collected later): the first one stands.
-        with contextlib.suppress(concurrent.futures.InvalidStateError):
-            super().set_result(result)
-
-    def set_exception(self, exception: BaseException | None) -> None:
-        with contextlib.suppress(concurrent.futures.InvalidStateError):
-            super().set_exception(exception)
-
-    def _wait(self, timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.done():
-            left = POLL_SECONDS if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                return  # the caller's super() call raises TimeoutError
-            concurrent.futures.wait([self], min(left, POLL_SECONDS))
-            if not self.done() and self._loop.is_closed():
-                with contextlib.suppress(concurrent.futures.InvalidStateError):
-                    self.set_exception(StreamClosedError())
 
 
 class Put(enum.Enum):
