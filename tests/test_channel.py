@@ -93,7 +93,7 @@ class TestProducerSide:
 
 
 class TestBudget:
-    def test_write_blocks_over_budget_until_sent(self) -> None:
+    def test_write_blocks_over_budget_until_half_of_it_is_sent(self) -> None:
         async def body(channel: Channel) -> None:
             released = threading.Event()
 
@@ -114,7 +114,9 @@ class TestBudget:
                     break
             assert len(taken) == 2
             assert not released.is_set()
-            channel.sent(60)  # 60 pending: under the budget again
+            channel.sent(60)  # 60 pending: under the budget, but not yet half of it
+            assert not released.is_set()
+            channel.sent(10)  # 50: the client took half, the producer goes on
             await producing
             assert released.is_set()
 
@@ -139,7 +141,8 @@ class TestBudget:
             assert await in_thread(channel.park)
             assert "parked=True" in repr(channel)
             assert not channel.sent(0)  # still full
-            assert channel.sent(1)  # resume, once
+            assert not channel.sent(49)  # 51 pending: not yet half the budget
+            assert channel.sent(1)  # 50: resume, once
             assert not channel.sent(1)
 
         run(body)
@@ -202,5 +205,6 @@ class TestConsumerSide:
             return repr(channel)
 
         assert run(body) == (
-            "<Channel H.get pending=7/100 ops=1 closed=False finished=False parked=False>"
+            "<Channel H.get pending=7/100 reserved=100 ops=1 closed=False finished=False "
+            "parked=False>"
         )

@@ -14,9 +14,13 @@ What goes through it, in the order the producer made it:
 - `End`: the producer is done (with its exception, if it raised).
 
 The budget: ``pending`` counts the bytes the producer wrote that are not yet handed to the
-socket. A push producer blocks while it is over ``max_buffer_bytes``; a generator producer
-stops once it reaches it and *parks* (`Channel.park`, after giving its thread and context
-back), and the consumer resumes it as the budget frees or the stream closes.
+socket. Its limit is ``max_buffer_bytes`` for a push producer, and the stream's read-ahead
+*window* for a generator producer (`._readahead`: at most ``max_buffer_bytes``, smaller for
+a slow client); and never more than the stream reserved under the process-wide memory cap
+(`._memory`). A push producer blocks while it is over the limit; a generator producer stops
+once it reaches it and *parks* (`Channel.park`, after giving its thread and context back).
+Either goes on once the client took half of it (or all of it, for a stream the cap holds to
+one chunk): a producer wakes once per half of its limit, never per chunk.
 
 The producer's waits never last for ever (see `._waiting`): they give up once the loop is
 closed, and so do the futures a producer gets from ``flush()`` and ``finish()``. A parked
@@ -37,10 +41,13 @@ import concurrent.futures
 import contextlib
 import enum
 import threading
-from typing import Any, Union
+import time
+from typing import Any, Callable, Union
 
 from tornado.iostream import StreamClosedError
 
+from ._memory import memory_cap
+from ._readahead import START_WINDOW
 from ._waiting import POLL_SECONDS, ProducerFuture
 
 __all__ = ("FLUSH", "Call", "Channel", "End", "Op", "Put", "producing")
@@ -126,12 +133,22 @@ class Channel:
         self.max_buffer_bytes = max_buffer_bytes
         self._loop = loop
 
+        self._cap = memory_cap()
+        self._cap.join()
+
         self._lock = threading.Lock()
-        # The producer waits here for budget; notified by `sent` and `close`.
+        # The producer waits here for budget; notified by `sent`, `granted` and `close`.
         self._budget = threading.Condition(self._lock)
         # --- guarded by _lock ---
         self._ops: list[Op] = []
         self._pending = 0  # written by the producer, not yet handed to the socket
+        self._window = min(START_WINDOW, max_buffer_bytes)  # set by the consumer (`sent`)
+        self._pulled = False  # a generator producer: the read-ahead window applies
+        self._reserved = 0  # bytes reserved under the memory cap
+        self._queued = False  # waiting in the cap's queue for a grant
+        self._peak = 0  # the most bytes pending at once
+        self._blocked = 0.0  # seconds the producer waited for room (blocked or parked)
+        self._parked_at = 0.0
         self._flush_requested = False  # a flush() or a yield since the last take()
         self._flush_future: concurrent.futures.Future[None] | None = None
         self._consumer_idle = False  # the consumer waits for a wake-up
@@ -141,13 +158,16 @@ class Channel:
         self._detached = False  # the consumer is gone: calls can no longer be served
         # --- loop-owned ---
         self._waiter: asyncio.Future[None] | None = None
+        #: Resumes the parked producer; set by the consumer (called on the loop thread).
+        self.on_resume: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         with self._lock:
             return (
-                f"<Channel {self.where} pending={self._pending}/{self.max_buffer_bytes} "
-                f"ops={len(self._ops)} closed={self._closed is not None} "
-                f"finished={self._finished} parked={self._parked}>"
+                f"<Channel {self.where} pending={self._pending}/{self._limit()} "
+                f"reserved={self._reserved} ops={len(self._ops)} "
+                f"closed={self._closed is not None} finished={self._finished} "
+                f"parked={self._parked}>"
             )
 
     # ------------------------------------------------------------------ producer face
@@ -158,9 +178,11 @@ class Channel:
             self._raise_if_unwritable("write")
             self._ops.append(data)
             self._pending += len(data)
+            if self._pending > self._peak:
+                self._peak = self._pending
             wake = self._consumer_idle
             self._consumer_idle = False
-            over = self._pending > self.max_buffer_bytes
+            over = self._room() < 0
         if wake:
             self._wake_consumer()
         if over:
@@ -181,7 +203,7 @@ class Channel:
                 future = self._flush_future = self.producer_future()
             wake = self._consumer_idle
             self._consumer_idle = False
-            over = self._pending > self.max_buffer_bytes
+            over = self._room() < 0
         if wake:
             self._wake_consumer()
         if over:
@@ -200,10 +222,13 @@ class Channel:
                 )
             self._ops.append(data)
             self._pending += len(data)
+            if self._pending > self._peak:
+                self._peak = self._pending
             self._flush_requested = True
+            self._pulled = True
             wake = self._consumer_idle
             self._consumer_idle = False
-            full = self._pending >= self.max_buffer_bytes
+            full = self._room() <= 0
         if wake:
             self._wake_consumer()
         return Put.FULL if full else Put.MORE
@@ -218,9 +243,10 @@ class Channel:
         """
         with self._lock:
             self._note_closed_loop()
-            if self._closed is not None or self._pending < self.max_buffer_bytes:
+            if self._closed is not None or self._may_go_on():
                 return False
             self._parked = True
+            self._parked_at = time.monotonic()
             return True
 
     def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -283,11 +309,69 @@ class Channel:
         if self._finished:
             raise RuntimeError(f"Cannot {method}() after finish()")
 
-    def _wait_for_budget(self) -> None:
+    def wait_for_room(self) -> None:
+        """
+        After `Put.FULL`, for a producer that keeps its thread: wait here until it may go on,
+        as a parked one would be resumed, or the stream closed (then `put` says so).
+        """
+        started = time.monotonic()
         with self._lock:
-            while self._pending > self.max_buffer_bytes and self._closed is None:
+            while self._closed is None and not self._may_go_on():
                 if not self._budget.wait(POLL_SECONDS) and self._loop.is_closed():
                     self._closed = StreamClosedError()
+            self._blocked += time.monotonic() - started
+
+    def _limit(self) -> int:
+        # Warning! Call with _lock held.
+        return self._window if self._pulled else self.max_buffer_bytes
+
+    def _room(self) -> int:
+        """
+        How many more bytes the producer may add (negative: it is over the limit).
+
+        Warning! Call with _lock held. Reserves under the memory cap what the stream holds
+        beyond its reservation (whatever the cap) and, unless it already waits in the cap's
+        queue, up to its limit: once per window, not per chunk.
+        """
+        limit = self._limit()
+        force = self._pending - self._reserved
+        want = limit - max(self._pending, self._reserved)
+        if force > 0 or (want > 0 and not self._queued):
+            force = max(force, 0)
+            want = 0 if self._queued else max(want, 0)
+            got = self._cap.reserve(self, force, want)
+            self._reserved += got
+            self._queued = got < force + want
+        return min(limit, self._reserved) - self._pending
+
+    def _may_go_on(self) -> bool:
+        # Warning! Call with _lock held. A stopped producer goes on once its client took half
+        # of its limit, or everything if the cap allows it nothing more than it holds.
+        return self._pending <= min(self._limit(), self._reserved) // 2 or self._pending == 0
+
+    def _wait_for_budget(self) -> None:
+        started = time.monotonic()
+        with self._lock:
+            if (
+                not self._flush_requested
+                and self._closed is None
+                and self._pending <= self.max_buffer_bytes
+            ):
+                # Held back by the memory cap, not by max_buffer_bytes (beyond which the
+                # consumer flushes on its own): what was written must move for room to free
+                # up, so flush it now.
+                self._flush_requested = True
+                wake = self._consumer_idle
+                self._consumer_idle = False
+            else:
+                wake = False
+        if wake:
+            self._wake_consumer()
+        with self._lock:
+            while self._closed is None and not self._may_go_on():
+                if not self._budget.wait(POLL_SECONDS) and self._loop.is_closed():
+                    self._closed = StreamClosedError()
+            self._blocked += time.monotonic() - started
             self._raise_if_closed()
 
     def _wake_consumer(self) -> None:
@@ -335,20 +419,73 @@ class Channel:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def sent(self, nbytes: int) -> bool:
+    def sent(self, nbytes: int, window: int | None = None) -> bool:
         """
         ``nbytes`` left the budget (handed to the socket, or dropped).
 
+        :param window: the stream's new read-ahead window, if it changed.
         :return: whether a parked producer must be resumed now.
         """
         with self._lock:
             self._pending -= nbytes
-            if self._pending <= self.max_buffer_bytes:
-                self._budget.notify_all()
-            if self._parked and self._pending < self.max_buffer_bytes:
-                self._parked = False
-                return True
-        return False
+            if window is not None:
+                self._window = window
+            # Keep the reservation up to the limit while streaming; give back what is not
+            # held when other streams wait for bytes, so that they get their turn.
+            keep = self._pending if self._cap.contended else max(self._pending, self._limit())
+            release = self._reserved - keep
+            if release > 0:
+                self._reserved = keep
+            resume = self._wake_producer()
+        if release > 0:
+            self._cap.release(release)
+        return resume
+
+    def granted(self, nbytes: int) -> None:
+        """The memory cap reserved ``nbytes`` more for this stream (any thread)."""
+        with self._lock:
+            if self._detached:
+                give_back = nbytes
+                resume = False
+            else:
+                give_back = 0
+                self._reserved += nbytes
+                self._queued = False
+                resume = self._wake_producer()
+        if give_back:
+            self._cap.release(give_back)
+        if resume:
+            self._resume_on_loop()
+
+    def _wake_producer(self) -> bool:
+        # Warning! Call with _lock held. Returns whether a parked producer must be resumed.
+        if not self._may_go_on():
+            return False
+        self._budget.notify_all()
+        if not self._parked:
+            return False
+        self._parked = False
+        self._blocked += time.monotonic() - self._parked_at
+        return True
+
+    def _resume_on_loop(self) -> None:
+        def resume() -> None:
+            if self.on_resume is not None:
+                self.on_resume()
+
+        if threading.get_ident() == self.loop_thread:
+            resume()
+        else:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nothing to resume
+                self._loop.call_soon_threadsafe(resume)
+
+    def stats(self) -> tuple[int, float, int]:
+        """``(peak pending bytes, seconds the producer waited for room, window)``."""
+        with self._lock:
+            blocked = self._blocked
+            if self._parked:
+                blocked += time.monotonic() - self._parked_at
+            return self._peak, blocked, self._window
 
     def close(self, error: StreamClosedError) -> bool:
         """
@@ -362,7 +499,9 @@ class Channel:
             self._closed = error
             self._budget.notify_all()
             resume = self._parked
-            self._parked = False
+            if resume:
+                self._parked = False
+                self._blocked += time.monotonic() - self._parked_at
         return resume
 
     @property
@@ -378,6 +517,8 @@ class Channel:
     def detach(self) -> None:
         """The consumer is gone: fail what it will never serve."""
         with self._lock:
+            if self._detached:
+                return
             self._detached = True
             if self._closed is None:
                 self._closed = StreamClosedError()
@@ -386,6 +527,9 @@ class Channel:
             self._ops = []
             future = self._flush_future
             self._flush_future = None
+            reserved = self._reserved
+            self._reserved = 0
+        self._cap.leave(self, reserved)
         for op in ops:
             if isinstance(op, Call):
                 op.future.set_exception(StreamClosedError())

@@ -25,6 +25,8 @@ from tornado.log import app_log
 from ._calls import FLUSHING_METHODS
 from ._channel import FLUSH, Call, Channel, End, Op
 from ._output import take_over
+from ._readahead import ReadAhead
+from ._stats import StreamStats
 
 if TYPE_CHECKING:
     from ._mixin import SafeStreamMixin
@@ -64,6 +66,11 @@ class Consumer:
         self._stall_timeout = stall_timeout
         self._unflushed = 0  # bytes in the handler's buffer, not flushed yet
         self._lost: BaseException | None = None  # the producer can't be resumed: why
+        self._readahead = ReadAhead(channel.max_buffer_bytes)
+        self._started = time.monotonic()
+        self._waited = 0.0  # seconds spent waiting for the producer
+        self._bytes = 0  # body bytes handed to the handler
+        channel.on_resume = self._resume
         #: The consumer itself is calling the handler (its methods may call each other).
         self.calling = False
         #: The stream can carry no more bytes (client gone, or `failure`).
@@ -95,7 +102,11 @@ class Consumer:
             while self._lost is None:
                 batch = channel.take()
                 if batch is None:
-                    await channel.wait()
+                    idle = time.monotonic()
+                    try:
+                        await channel.wait()
+                    finally:
+                        self._waited += time.monotonic() - idle
                     continue
                 ops, flush, future = batch
                 try:
@@ -161,6 +172,7 @@ class Consumer:
         if discard:
             return size
         write = self._base.write
+        self._bytes += size
         if len(run) > 1 and size < _JOIN_BELOW * len(run):
             write(b"".join(run))  # small chunks: one call instead of many
         else:
@@ -192,24 +204,49 @@ class Consumer:
             self._abort(error)
             self._channel.wake()  # run() may be waiting for a producer that won't come
 
-    def _sent(self, nbytes: int) -> None:
-        if self._channel.sent(nbytes):
+    def _sent(self, nbytes: int, window: int | None = None) -> None:
+        if self._channel.sent(nbytes, window):
             self._resume()
 
     async def _flush(self) -> None:
         nbytes = self._unflushed
         self._unflushed = 0
         handler = self._handler
+        window = None
         if not self.aborted and not handler._finished:
             first = not handler._headers_written
             try:
+                started = time.monotonic()
                 sent = self._call(handler._safestream_flush)
                 if first:
                     handler._safestream_output = take_over(handler)
+                kept_up = self._kept_up()
                 await self.sent(sent)
+                now = time.monotonic()
+                window = self._readahead.observe(nbytes, now - started, kept_up, now)
             except Exception as error:
                 self._abort(error)
-        self._sent(nbytes)
+        self._sent(nbytes, window)
+
+    def _kept_up(self) -> bool:
+        """Whether the socket took everything written so far at once (just after a write)."""
+        stream = getattr(self._handler.request.connection, "stream", None)
+        # IOStream's (private) counters, as in `sent`: without them, the client counts as
+        # keeping up, and the window grows to max_buffer_bytes as it did before it adapted.
+        written = getattr(stream, "_total_write_index", None)
+        return written is None or written == getattr(stream, "_total_write_done_index", None)
+
+    def stats(self) -> StreamStats:
+        """The stream's figures so far."""
+        peak, blocked, window = self._channel.stats()
+        return StreamStats(
+            bytes_sent=self._bytes,
+            producer_blocked=blocked,
+            client_waited=self._waited,
+            peak_bytes=peak,
+            window=window,
+            duration=time.monotonic() - self._started,
+        )
 
     async def _execute(self, call: Call) -> None:
         flushing = call.name in FLUSHING_METHODS

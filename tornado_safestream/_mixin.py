@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from asyncio import Future
 
     from ._consumer import Consumer
+    from ._stats import StreamStats
 
     _HandlerBase = RequestHandler
 else:
@@ -88,6 +89,11 @@ class SafeStreamMixin(_HandlerBase):
        `concurrent.futures.Future` (``.result()`` blocks until the bytes are written to
        the socket), not an `asyncio.Future`.
     """
+
+    #: The figures of the handler's last stream (`.StreamStats`), once its producer ended:
+    #: readable in ``on_finish`` and in the application's ``log_function``; ``None`` before.
+    #: Loop-owned.
+    stream_stats: StreamStats | None = None
 
     # Loop-owned: the consumer of the stream this handler is running, if any.
     _safestream_consumer: Consumer | None = None

@@ -18,13 +18,16 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import contextvars
+import enum
 import inspect
 import threading
+import time
 from collections.abc import Generator
 from typing import Callable
 
 from ._channel import Channel, Put, producing
 from ._chunks import to_bytes
+from ._lanes import SLICE_SECONDS, Lane, Pacing
 
 __all__ = ("GeneratorProducer", "PushProducer", "Submit")
 
@@ -84,8 +87,22 @@ class PushProducer:
             self._channel.end(None)
 
 
+class _Pulled(enum.Enum):
+    FULL = "full"  #: the budget is used up: park
+    OVER = "over"  #: the stream is over (ended, closed, or failed)
+    SLICE = "slice"  #: the lane's slice is used up: let the next producer run
+
+
 class GeneratorProducer:
-    """Pulls a generator's chunks into the channel, a bounded read-ahead at a time."""
+    """
+    Pulls a generator's chunks into the channel, a bounded read-ahead at a time.
+
+    Its first pull runs in an executor task of its own. After that, a producer that
+    computes is resumed in its executor's `.Lane`, a slice at a time, and one that waits
+    (a query, a slow disk) in a task of its own, as at first (`.Pacing` tells which).
+    With ``keep_thread``, the first task keeps its thread until the generator is closed:
+    it waits there for room instead of parking.
+    """
 
     def __init__(
         self,
@@ -95,42 +112,77 @@ class GeneratorProducer:
         submit: Submit,
         *,
         first_chunk_only: bool,
+        lane: Lane | None = None,
+        keep_thread: bool = False,
     ) -> None:
         self._channel = channel
         self._generator = generator
         self._context = context
         self._submit = submit
         self._first_chunk_only = first_chunk_only  # HEAD: the body is discarded anyway
+        self._lane = lane
+        self._keep_thread = keep_thread
+        self._pacing = Pacing()
 
     def start(self) -> None:
         self._submit(self._task)
 
     def resume(self) -> None:
         """Called on the loop when the budget freed up or the stream closed."""
-        self._submit(self._task)
+        if self._lane is not None and self._pacing.computes:
+            self._lane.add(self._slice, self._submit)
+        else:
+            self._submit(self._task)
 
     def _task(self) -> None:
-        # Runs in an executor thread. One task at a time per stream: a new one is only
-        # submitted for a parked producer, and the channel parks it under its lock after
-        # this one is done with the generator and the context.
+        # Runs in an executor thread. One task (or lane slice) at a time per stream: a new
+        # one is only started for a parked producer, and the channel parks it under its lock
+        # after this one is done with the generator and the context.
         try:
             _check_thread(self._channel)
         except RuntimeError as error:
             self._channel.end(error)
             return
-        producing.channel = self._channel
+        channel = self._channel
+        producing.channel = channel
         try:
-            while self._context.run(self._pull) and not self._channel.park():
-                pass  # the budget freed up before we could park: pull on in this thread
+            while True:
+                pulled = self._pull_timed(None, in_lane=False)
+                if pulled is not _Pulled.FULL:
+                    return
+                if self._keep_thread:
+                    channel.wait_for_room()  # then a closed stream closes the generator
+                elif channel.park():
+                    return
+                # The budget freed up before we could park: pull on in this thread.
         finally:
             producing.channel = None
 
-    def _pull(self) -> bool:
-        """Pull until the budget is full (return ``True``) or the stream is over (``False``)."""
+    def _slice(self) -> bool:
+        """One slice in a lane's runner; ``True``: queue another one."""
+        channel = self._channel
+        producing.channel = channel
+        try:
+            pulled = self._pull_timed(time.monotonic() + SLICE_SECONDS, in_lane=True)
+        finally:
+            producing.channel = None
+        if pulled is _Pulled.FULL:
+            return not channel.park()  # not parked: room again, pull on later
+        return pulled is _Pulled.SLICE
+
+    def _pull_timed(self, deadline: float | None, in_lane: bool) -> _Pulled:
+        self._pacing.start()
+        try:
+            return self._context.run(self._pull, deadline)
+        finally:
+            self._pacing.stop(in_lane)
+
+    def _pull(self, deadline: float | None) -> _Pulled:
+        """Pull until the budget is full, the stream is over or ``deadline`` passed."""
         channel = self._channel
         if channel.closed:
             self._close(None)
-            return False
+            return _Pulled.OVER
         where = channel.where
         while True:
             try:
@@ -139,21 +191,23 @@ class GeneratorProducer:
                 chunk = next(self._generator)
             except StopIteration:
                 channel.end(None)
-                return False
+                return _Pulled.OVER
             except BaseException as error:
                 channel.end(error)
-                return False
+                return _Pulled.OVER
             try:
                 state = channel.put(to_bytes(chunk, where))
             except BaseException as error:  # a bad chunk, or a yield after finish()
                 self._close(error)
-                return False
+                return _Pulled.OVER
             del chunk  # the generator may reuse it: the channel has its own copy
             if state is Put.CLOSED or self._first_chunk_only:
                 self._close(None)
-                return False
+                return _Pulled.OVER
             if state is Put.FULL:
-                return True
+                return _Pulled.FULL
+            if deadline is not None and time.monotonic() >= deadline:
+                return _Pulled.SLICE
 
     def _close(self, error: BaseException | None) -> None:
         """Close the generator here, in the executor: its ``finally`` blocks run off the loop."""

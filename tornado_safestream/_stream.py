@@ -33,6 +33,7 @@ from tornado.web import HTTPError, RequestHandler
 
 from ._channel import Channel
 from ._consumer import Consumer, ignore_outcome
+from ._lanes import Lane, lane_for
 from ._mixin import SafeStreamMixin
 from ._producers import GeneratorProducer, PushProducer
 
@@ -46,6 +47,7 @@ class Options:
     executor: str
     max_buffer_bytes: int
     stall_timeout: float | None
+    keep_thread: bool = False
 
 
 async def run_stream(
@@ -94,6 +96,8 @@ async def run_stream(
             context,
             submit,
             first_chunk_only=handler.request.method == "HEAD",
+            lane=None if options.keep_thread else _lane(loop, executor),
+            keep_thread=options.keep_thread,
         )
     else:
         producer = PushProducer(channel, lambda: method(handler, *args, **kwargs), context, submit)
@@ -110,6 +114,7 @@ async def run_stream(
         error = await consumer.run()
     except BaseException as exc:  # cancelled: let the producer go
         handler._safestream_consumer = None
+        handler.stream_stats = consumer.stats()
         consumer.client_gone()
         if (
             handler._headers_written
@@ -125,7 +130,13 @@ async def run_stream(
         raise
     finally:
         handler._safestream_consumer = None
+    handler.stream_stats = consumer.stats()
     await _conclude(handler, consumer, error)
+
+
+def _lane(loop: asyncio.AbstractEventLoop, executor: concurrent.futures.Executor | None) -> Lane:
+    """The lane of the stream's executor (for the IOLoop's default executor: one per loop)."""
+    return lane_for(loop if executor is None else executor, executor)
 
 
 def _log_task_error(future: asyncio.Future[None] | concurrent.futures.Future[None]) -> None:

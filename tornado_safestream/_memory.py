@@ -1,0 +1,184 @@
+"""
+The process-wide memory cap: all streams of a process share a budget of bytes.
+
+Each stream reserves bytes here for what its producer may have produced and not yet handed
+to the socket (its read-ahead window), and gives them back as its client drains them or when
+it ends. While the cap is reached, a stream gets no more than it holds: its producer waits
+(push style) or parks (generator style) until bytes come back, and the streams that were
+refused are granted, first come first served, before anyone else gets more (`MemoryCap`
+keeps them in a queue), so that no stream starves behind faster ones.
+
+Nothing deadlocks when every stream waits: a stream that holds nothing may always produce
+one chunk (*forced* bytes, counted but never refused), so it makes progress, and every byte
+held is on its way to a client, which frees it. The price is that the cap can be exceeded by
+at most one chunk for each stream that holds nothing else.
+
+A stream talks to the cap a batch at a time, not per chunk: it reserves its whole window at
+once and keeps it while it streams (giving back what it does not use only when the window
+shrinks, or when other streams are waiting).
+
+.. warning::
+
+   Every attribute of `MemoryCap` under "guarded by ``_lock``" is read and written with
+   ``_lock`` held. A channel may call the cap while holding its own lock (lock order: a
+   channel's lock, then the cap's); the cap never calls a channel while holding its lock:
+   grants are delivered after it let go.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import NamedTuple, Protocol
+
+__all__ = ("DEFAULT_MEMORY_CAP", "MemoryCap", "MemoryStats", "Reserver", "memory_cap")
+
+#: The default cap: see the README for the measurements behind it.
+DEFAULT_MEMORY_CAP = 256 * 1024 * 1024
+
+
+class MemoryStats(NamedTuple):
+    """The process-wide figures of the streams' memory (`.memory_stats`)."""
+
+    #: Bytes the streams reserve now: what they hold, plus read-ahead they may fill.
+    held: int
+    #: The cap, in bytes, or ``None`` if there is none.
+    limit: int | None
+    #: Streams running now (responses, static files, WebSocket queues, request bodies).
+    streams: int
+    #: Streams waiting for bytes to come back under the cap.
+    waiting: int
+    #: The highest ``held`` since the process started (or `reset_peak`).
+    peak: int
+
+
+class Reserver(Protocol):
+    """What the cap needs of a stream: a way to hand it bytes it waited for."""
+
+    def granted(self, nbytes: int) -> None:
+        """``nbytes`` more are reserved for this stream (called with no lock of the cap's held)."""
+
+
+class MemoryCap:
+    """The shared budget. See the module docstring. Thread-safe."""
+
+    def __init__(self, limit: int | None) -> None:
+        self._lock = threading.Lock()
+        # --- guarded by _lock ---
+        self._limit = limit
+        self._held = 0
+        self._peak = 0
+        self._streams = 0
+        self._waiters: collections.OrderedDict[Reserver, int] = collections.OrderedDict()
+
+    def __repr__(self) -> str:
+        stats = self.stats()
+        return (
+            f"<MemoryCap held={stats.held}/{stats.limit} streams={stats.streams} "
+            f"waiting={stats.waiting} peak={stats.peak}>"
+        )
+
+    def stats(self) -> MemoryStats:
+        with self._lock:
+            return MemoryStats(
+                self._held, self._limit, self._streams, len(self._waiters), self._peak
+            )
+
+    def reset_peak(self) -> None:
+        with self._lock:
+            self._peak = self._held
+
+    def set_limit(self, limit: int | None) -> None:
+        with self._lock:
+            self._limit = limit
+            grants = self._grant()
+        _deliver(grants)
+
+    @property
+    def contended(self) -> bool:
+        """Streams are waiting. Read without the lock: a hint, a stale answer is harmless."""
+        return bool(self._waiters)
+
+    def join(self) -> None:
+        """A stream starts."""
+        with self._lock:
+            self._streams += 1
+
+    def reserve(self, stream: Reserver, force: int, want: int) -> int:
+        """
+        Reserve ``force`` bytes whatever the cap, and up to ``want`` more if the cap allows.
+
+        A stream that gets less than ``want`` is queued, and granted the rest (up to what is
+        free by then) before anyone else gets more, through ``stream.granted()``.
+
+        :return: the bytes reserved now (at least ``force``).
+        """
+        with self._lock:
+            self._held += force
+            got = want
+            if self._limit is not None:
+                ahead = bool(self._waiters) and next(iter(self._waiters)) is not stream
+                got = 0 if ahead else max(0, min(want, self._limit - self._held))
+                if got < want:
+                    self._waiters[stream] = want - got
+                else:
+                    self._waiters.pop(stream, None)
+            self._held += got
+            if self._held > self._peak:
+                self._peak = self._held
+        return force + got
+
+    def release(self, nbytes: int) -> None:
+        """Give back ``nbytes``: the streams waiting are granted what is free, in order."""
+        with self._lock:
+            self._held -= nbytes
+            grants = self._grant()
+        _deliver(grants)
+
+    def leave(self, stream: Reserver, nbytes: int) -> None:
+        """A stream ends, giving back the ``nbytes`` it reserved."""
+        with self._lock:
+            self._streams -= 1
+            self._waiters.pop(stream, None)
+            self._held -= nbytes
+            grants = self._grant()
+        _deliver(grants)
+
+    def _grant(self) -> list[tuple[Reserver, int]]:
+        # Warning! Call with _lock held. First come, first served: the head of the queue is
+        # granted what it asked for (or all that is free), then the next, while bytes are free.
+        grants: list[tuple[Reserver, int]] = []
+        while self._waiters:
+            free = (
+                next(iter(self._waiters.values()))
+                if self._limit is None
+                else self._limit - self._held
+            )
+            if free <= 0:
+                break
+            stream, want = next(iter(self._waiters.items()))
+            got = min(want, free)
+            self._held += got
+            if got < want:
+                self._waiters[stream] = want - got
+            else:
+                del self._waiters[stream]
+            grants.append((stream, got))
+            if got < want:
+                break
+        if self._held > self._peak:
+            self._peak = self._held
+        return grants
+
+
+def _deliver(grants: list[tuple[Reserver, int]]) -> None:
+    for stream, nbytes in grants:
+        stream.granted(nbytes)
+
+
+_cap = MemoryCap(DEFAULT_MEMORY_CAP)
+
+
+def memory_cap() -> MemoryCap:
+    """The process's cap (one for every IOLoop and thread of the process)."""
+    return _cap

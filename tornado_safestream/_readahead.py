@@ -1,0 +1,65 @@
+"""
+Read-ahead that fits the client: how many bytes of a stream may wait for its client.
+
+A stream's *window* is the most its producer may have produced and not yet handed to the
+socket. ``max_buffer_bytes`` is its ceiling, not the size every stream fills: a fast client
+gets a window that keeps its socket full, a slow one only what it takes in `HORIZON`
+seconds (at least `MIN_WINDOW`), so that a thousand slow clients do not each hold a
+megabyte.
+
+The consumer reports every flush (`ReadAhead.observe`): how many bytes, how long the socket
+took to take them, and whether it took them all at once. A socket that takes a flush at once
+is not what limits the stream: the window doubles, at most once every `GROW_SECONDS`, so
+that the kernel's socket buffers filling in the first milliseconds of a client that then
+stops reading do not pass for a fast client. A socket that makes a flush wait tells the
+client's rate: the window becomes what the client takes in `HORIZON` seconds.
+
+.. warning::
+
+   Loop-owned: only the consumer, on the IOLoop thread, uses a `ReadAhead`.
+"""
+
+from __future__ import annotations
+
+__all__ = ("GROW_SECONDS", "HORIZON", "MIN_WINDOW", "START_WINDOW", "ReadAhead")
+
+#: The smallest window: one typical chunk.
+MIN_WINDOW = 64 * 1024
+#: A new stream's window, before anything is known about its client.
+START_WINDOW = 256 * 1024
+#: Seconds of the client's measured rate that a stream may hold for it.
+HORIZON = 0.05
+#: The window doubles at most once in this many seconds.
+GROW_SECONDS = 0.005
+
+
+class ReadAhead:
+    """The adaptive window of one stream. See the module docstring."""
+
+    __slots__ = ("_grown_at", "ceiling", "window")
+
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = ceiling
+        self.window = min(START_WINDOW, ceiling)
+        self._grown_at = float("-inf")
+
+    def __repr__(self) -> str:
+        return f"<ReadAhead window={self.window}/{self.ceiling}>"
+
+    def observe(self, nbytes: int, seconds: float, kept_up: bool, now: float) -> int:
+        """
+        A flush of ``nbytes`` was handed to the socket ``seconds`` after it was made.
+
+        :param kept_up: the socket took the whole flush at once (the client is not what
+            limits the stream).
+        :param now: ``time.monotonic()``.
+        :return: the new window.
+        """
+        if kept_up:
+            if self.window < self.ceiling and now - self._grown_at >= GROW_SECONDS:
+                self.window = min(self.ceiling, self.window * 2)
+                self._grown_at = now
+        elif nbytes >= MIN_WINDOW // 4 and seconds > 0:
+            rate = nbytes / seconds
+            self.window = min(self.ceiling, max(MIN_WINDOW, int(rate * HORIZON)))
+        return self.window
