@@ -1,20 +1,32 @@
 """
-The runner's side of the clients: one download with ``curl``, with the Python client, and
-many at once with the Python clients (``clients.py``), each returning one measurement.
+The runner's side of the clients, each returning one measurement: one download with ``curl``
+or the Python client, many at once with ``curl --parallel`` (bodies hashed afterwards), and ``wrk``
+for an independent cross-check. The Python clients are ``clients.py``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import mmap
+import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import CLIENTS, Bench, DataFile, Server, last_json, read_line
-from benchmarks.machine import CURL
+from benchmarks.harness import CLIENTS, Bench, DataFile, Server, last_json
+from benchmarks.machine import CURL, WRK
 
-__all__ = ("python_concurrent", "single_download")
+__all__ = (
+    "curl_parallel",
+    "single_download",
+    "wrk_run",
+)
 
 
 def _children_cpu() -> float:
@@ -73,68 +85,170 @@ def _python_single(server: Server, expect: int, max_time: float) -> dict[str, An
     }
 
 
-def python_concurrent(
-    bench: Bench, server: Server, data: DataFile, clients: int, processes: int
+def _shm_dir(bench: Bench) -> Path:
+    """A fresh directory in memory (``/dev/shm``) for downloaded bodies, else in the temp dir."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return Path(tempfile.mkdtemp(prefix="safestream-bench-bodies-", dir=shm))
+    return Path(tempfile.mkdtemp(prefix="bodies-", dir=bench.tmp))
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return digest.hexdigest()
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            digest.update(mapped)  # hashlib releases the GIL: two threads hash two bodies
+    return digest.hexdigest()
+
+
+def curl_parallel(
+    bench: Bench,
+    server: Server,
+    data: DataFile,
+    clients: int,
+    processes: int,
+    path: str = "/file",
+    max_time: float = 120.0,
 ) -> dict[str, Any]:
     """
-    *clients* downloads at once from Python clients in *processes* processes; each body is
-    kept in memory and its SHA-256 checked once every client is done.
+    *clients* downloads at once with ``curl --parallel`` in *processes* processes, each body
+    written to a file in memory (``/dev/shm``); once every transfer is done, the SHA-256 of
+    every body is checked (not timed). The processes start, read their transfers from their
+    standard input and are timed from the moment it is written: no process start-up counts.
     """
     processes = max(min(processes, clients), 1)
     shares = [clients // processes + (i < clients % processes) for i in range(processes)]
-    timeout = 120.0
+    bodies = _shm_dir(bench)
     started: list[subprocess.Popen[bytes]] = []
+    configs: list[bytes] = []
+    outputs: list[bytes] = []
+    n = 0
     try:
+        for share in shares:
+            lines = ['write-out = "%{http_code} %{size_download} %{filename_effective}\\n"']
+            for _ in range(share):
+                lines += [f'url = "{server.url}{path}"', f'output = "{bodies}/{n:04d}"']
+                n += 1
+            configs.append(("\n".join(lines) + "\n").encode())
+        cpu_before = _children_cpu()
         with bench.client_log() as log:
             for share in shares:
-                cmd = [sys.executable, str(CLIENTS), "fetch", "--port", str(server.port)]
-                cmd += ["--downloads", str(share), "--threads", str(share), "--wait-go"]
-                cmd += ["--hash-after"]
-                cmd += ["--expect-size", str(data.size), "--expect-sha256", data.sha256]
-                cmd += ["--timeout", f"{timeout:.0f}"]
+                cmd = [CURL, "-s", "--parallel", "--parallel-immediate"]
+                cmd += ["--parallel-max", str(share), "--max-time", f"{max_time:.0f}", "-K", "-"]
                 started.append(
                     bench.processes.start(
                         cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log
                     )
                 )
-        deadline = time.monotonic() + 30.0
-        for process in started:
-            if read_line(process.stdout, deadline).strip() != b"READY":
-                raise RuntimeError("a client process did not get ready")
+        # curl reads its whole config before it starts a transfer: the time it takes to
+        # start up is spent waiting for it (a pause, not a synchronisation: only the timing
+        # would suffer if a process were slower to start)
+        time.sleep(0.3)
         start = time.monotonic()
-        for process in started:
+        for process, config in zip(started, configs):
             assert process.stdin is not None
-            process.stdin.write(b"go\n")
-        # every body is hashed, once all the clients are done (not to compete with them)
-        deadline = time.monotonic() + timeout + 15
+            process.stdin.write(config)
+            process.stdin.close()
         for process in started:
-            if read_line(process.stdout, deadline).strip() != b"DONE":
-                raise RuntimeError("a client process did not finish its downloads")
-        for process in started:
-            assert process.stdin is not None
-            process.stdin.write(b"hash\n")
-        results = []
-        for process in started:
-            out, _ = process.communicate(timeout=60)
-            results.append(last_json(out))
+            assert process.stdout is not None
+            outputs.append(process.stdout.read())  # to its end: curl stops by --max-time
+            process.wait(15)
+        end = time.monotonic()
+        client_cpu = _children_cpu() - cpu_before
+        codes = [process.returncode for process in started]
+        # the bodies' SHA-256, after the timing
+        files = sorted(bodies.iterdir())
+        with ThreadPoolExecutor(2) as pool:
+            digests = dict(zip(files, pool.map(_sha256_file, files)))
     finally:
         for process in started:
             bench.processes.stop(process)
-    downloads = [d for result in results for d in result["downloads"]]
-    end = max(result["end"] for result in results)
+        shutil.rmtree(bodies, ignore_errors=True)
+    # one line per transfer, in the order they ended: code, size, file
+    transfers: dict[str, tuple[str, int]] = {}
+    for out in outputs:
+        for line in out.decode("utf-8", "replace").splitlines():
+            fields = line.split()
+            if len(fields) == 3 and fields[1].isdigit():
+                transfers[fields[2]] = (fields[0], int(fields[1]))
     statuses: dict[str, int] = {}
-    for d in downloads:
-        statuses[d["status"]] = statuses.get(d["status"], 0) + 1
+    received = 0
+    for i in range(clients):
+        body = bodies / f"{i:04d}"
+        code, size = transfers.get(str(body), ("?", 0))
+        received += size
+        if code != "200":
+            status = f"status {code}"
+        elif size != data.size:
+            status = "short"
+        elif digests.get(body) != data.sha256:
+            status = "wrong"
+        else:
+            status = "ok"
+        statuses[status] = statuses.get(status, 0) + 1
     ok = statuses.get("ok", 0)
     return {
-        "status": "ok",
-        "bytes": sum(d["nbytes"] for d in downloads),
+        "status": "ok" if not any(codes) else f"curl exit {max(codes)}",
+        "bytes": received,
         "seconds": end - start,
         "wall": end - start,
-        "client_cpu": sum(result["cpu"] for result in results),
-        "downloads": len(downloads),
+        "client_cpu": client_cpu,
+        "downloads": clients,
         "ok": ok,
-        "bad": len(downloads) - ok,
+        "bad": clients - ok,
         "statuses": statuses,
-        "details": sorted({d["detail"] for d in downloads if d["status"] != "ok"})[:5],
+    }
+
+
+#: wrk's report, as one line of JSON (its Lua ``done`` hook).
+WRK_SCRIPT = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"bytes": %d, "duration_us": %d, "requests": %d, "connect": %d, "read": %d, '
+    .. '"write": %d, "status": %d, "timeout": %d}\\n',
+    summary.bytes, summary.duration, summary.requests, e.connect, e.read, e.write,
+    e.status, e.timeout))
+end
+"""
+
+
+def wrk_run(
+    bench: Bench, server: Server, connections: int, seconds: float, threads: int = 2
+) -> dict[str, Any]:
+    """``wrk``: *connections* keep-alive connections download ``/file`` for *seconds*."""
+    script = bench.tmp / "report.lua"
+    if not script.exists():
+        script.write_text(WRK_SCRIPT, "utf-8")
+    cmd = [WRK, "-t", str(min(threads, connections)), "-c", str(connections)]
+    cmd += ["-d", f"{seconds:g}s", "--timeout", "30s", "-s", str(script), f"{server.url}/file"]
+    cpu_before = _children_cpu()
+    start = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, timeout=seconds + 60, check=False)
+    wall = time.monotonic() - start
+    client_cpu = _children_cpu() - cpu_before
+    try:
+        result = last_json(done.stdout)
+    except (RuntimeError, ValueError):
+        tail = done.stderr.decode("utf-8", "replace").strip()[-200:]
+        return {
+            "status": f"wrk exit {done.returncode}: {tail}",
+            "bytes": 0,
+            "seconds": 0.0,
+            "wall": wall,
+            "client_cpu": client_cpu,
+        }
+    errors = sum(result[k] for k in ("connect", "read", "write", "status", "timeout"))
+    return {
+        "status": "ok" if done.returncode == 0 else f"wrk exit {done.returncode}",
+        "bytes": result["bytes"],
+        "seconds": result["duration_us"] / 1e6,
+        "wall": wall,
+        "client_cpu": client_cpu,
+        "requests": result["requests"],
+        "errors": errors,
+        "bad": errors,
+        "downloads": result["requests"],
     }

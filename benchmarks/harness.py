@@ -231,6 +231,10 @@ class Server:
             cmd += ["--max-buffer-bytes", str(bench.options.max_buffer_bytes)]
         if bench.options.chunked:
             cmd.append("--chunked")
+        for value in bench.options.server_option:
+            cmd += ["--option", value]
+        for value in bench.options.app_setting:
+            cmd += ["--app-setting", value]
         if variant.assertions:
             cmd.append("--assert")
         self._processes = bench.processes

@@ -34,9 +34,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--threads",
-        type=int,
-        default=8,
-        help="executor threads in big/small/concurrent (default 8; slow/stalled use 4)",
+        default="4,8",
+        help="executor sizes, comma-separated (default 4,8): concurrent and blocking run with "
+        "each, big and small with the largest; slow and stalled use 4",
+    )
+    parser.add_argument(
+        "--server-option",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="a keyword argument of stream_on_executor for push/generator (repeatable)",
+    )
+    parser.add_argument(
+        "--app-setting",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="a tornado.web.Application setting for every server (repeatable)",
+    )
+    parser.add_argument(
+        "--no-wrk", action="store_true", help="skip the wrk cross-check of the concurrent scenario"
     )
     parser.add_argument("--max-buffer-bytes", type=int, help="push/generator (default: library's)")
     parser.add_argument(
@@ -59,6 +76,15 @@ def parse_options(argv: Sequence[str] | None) -> argparse.Namespace | str:
         options.rounds = 1 if options.quick else 3
     options.scenarios = [s for s in options.scenarios.split(",") if s]
     options.variants = [v for v in options.variants.split(",") if v]
+    try:
+        options.threads = sorted({int(t) for t in options.threads.split(",") if t})
+    except ValueError:
+        return f"--threads: comma-separated numbers, not {options.threads!r}"
+    if not options.threads or min(options.threads) < 1:
+        return "--threads: at least one executor size, each >= 1"
+    for value in options.server_option + options.app_setting:
+        if "=" not in value:
+            return f"NAME=VALUE expected, not {value!r}"
     unknown = [s for s in options.scenarios if s not in SCENARIOS]
     unknown += [v for v in options.variants if v not in ALL_LABELS]
     if unknown:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 __all__ = (
     "ALL_LABELS",
+    "BLOCKING_VARIANTS",
+    "CONCURRENT_VARIANTS",
     "FULL",
     "MB",
     "QUICK",
@@ -57,10 +59,10 @@ THROUGHPUT_VARIANTS = _variants(
     "push+assert",
     "generator+assert",
 )
+CONCURRENT_VARIANTS = _variants("static", "loop", "push", "generator")
+BLOCKING_VARIANTS = _variants("executor", "push", "generator")
 SLOW_VARIANTS = _variants("static", "executor", "push", "generator")
-STALLED_VARIANTS = _variants(
-    "static", "executor", "push", "generator", "push+assert", "generator+assert"
-)
+STALLED_VARIANTS = _variants("static", "push", "generator")
 ALL_LABELS = tuple(v.label for v in THROUGHPUT_VARIANTS)
 
 
@@ -72,24 +74,37 @@ class Plan:
     big_size: int = 128 * MiB
     big_chunk: int = 64 * KiB
     #: interleaved passes per round: the short runs get more, to take their noise out
-    passes: tuple[tuple[str, int], ...] = (("big", 5), ("small", 2), ("concurrent", 3))
+    passes: tuple[tuple[str, int], ...] = (("big", 5), ("small", 2))
     small_size: int = 16 * MiB
     small_chunk: int = 1 * KiB
-    concurrent_clients: int = 16
+    #: clients at once in the concurrent scenario (each count measured on its own)
+    concurrent_clients: tuple[int, ...] = (16, 64)
     concurrent_size: int = 16 * MiB
-    concurrent_processes: int = 4
+    #: curl processes the concurrent clients are spread over (each runs ``--parallel``)
+    concurrent_curls: int = 2
+    #: how long each wrk cross-check runs
+    wrk_seconds: float = 3.0
+    blocking_clients: int = 16
+    blocking_size: int = 16 * MiB
+    blocking_chunk: int = 64 * KiB
+    blocking_sleep: float = 0.001  # seconds per chunk, as a database would
+    blocking_target: float = 0.9  # of what the threads can produce in parallel
     slow_clients: int = 40
     slow_rate: int = 256 * KiB  # bytes per second, each
     slow_seconds: float = 8.0
     slow_size: int = 64 * MiB
     slow_served: int = 256 * KiB  # a client that received this much was served
+    slow_rss_limit: int = 16 * MiB  # the slow scenario's target for the RSS growth
     ping_interval: float = 0.05
-    stalled_streams: int = 200
+    stalled_streams: int = 1000
+    stalled_size: int = 2 * MiB
     stalled_probes: int = 10
+    stalled_rounds: int = 1  # at most this many rounds of the stalled scenario
+    stalled_allowance: int = 48 * MiB  # stalled target: the library's cap + this
     stall_threads: int = 4  # executor threads in the slow and stalled scenarios
     probe_size: int = 64 * KiB  # the "fresh small download"
     fresh_timeout: float = 1.0  # a fresh request in the stalled scenario gives up after this
-    rss_allowance: int = 16 * MiB  # slow target: clients x max_buffer_bytes + this
+    fresh_target_ms: float = 50.0  # the stalled scenario's target for a fresh request
 
     def passes_of(self, scenario: str) -> int:
         """Interleaved passes a round for *scenario* (1 unless `passes` says otherwise)."""
@@ -101,13 +116,15 @@ QUICK = Plan(
     "quick",
     big_size=32 * MiB,
     small_size=4 * MiB,
-    concurrent_clients=8,
+    concurrent_clients=(16,),
     concurrent_size=4 * MiB,
-    concurrent_processes=2,
+    wrk_seconds=1.0,
+    blocking_size=2 * MiB,
     slow_clients=10,
     slow_seconds=3.0,
     slow_size=16 * MiB,
-    stalled_streams=50,
+    stalled_streams=200,
+    stalled_size=1 * MiB,
     stalled_probes=5,
-    passes=(("big", 2), ("small", 1), ("concurrent", 1)),
+    passes=(("big", 2), ("small", 1)),
 )

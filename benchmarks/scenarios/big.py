@@ -28,7 +28,7 @@ def run(bench: Bench) -> None:
         variants,
         data,
         bench.plan.big_chunk,
-        bench.options.threads,
+        max(bench.options.threads),
         single_download,
     )
 
@@ -42,7 +42,7 @@ def tables(bench: Bench) -> list[str]:
         bench,
         "big",
         f"**big**: 1 client ({client}), {size(plan.big_size)}, {size(plan.big_chunk)} chunks, "
-        f"{bench.options.threads} threads (the body's size is checked)",
+        f"{max(bench.options.threads)} threads (the body's size is checked)",
         [
             ("MB/s", cells["MB/s"]),
             ("IQR", cells["IQR"]),

@@ -1,17 +1,21 @@
 """
-``concurrent``: 16 clients x 16 MiB at once (Python clients in 4 processes): aggregate MB/s,
-ratio to static, bodies that came out wrong. Each body is received straight into memory and
-its SHA-256 checked once every client is done, so that hashing takes no CPU from the run.
+``concurrent``: 16 and 64 clients x 16 MiB at once, with clients that are not the bottleneck:
+``curl --parallel`` in 2 processes, each body written to memory (``/dev/shm``) and its SHA-256
+checked after the timing. Aggregate MB/s and the server's CPU seconds per GiB, against
+`StaticFileHandler` in the same run, with executors of each ``--threads`` size; the client's
+CPU is shown so that one can see it was not the bottleneck. ``wrk`` (when installed) measures
+the same servers again: the same figures from an independent harness.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.drivers import python_concurrent
+from benchmarks.drivers import curl_parallel, wrk_run
 from benchmarks.harness import Bench, DataFile, Server
-from benchmarks.plan import THROUGHPUT_VARIANTS
-from benchmarks.report import Target, fmt, ratio_targets, section
+from benchmarks.machine import WRK, tool_version
+from benchmarks.plan import CONCURRENT_VARIANTS
+from benchmarks.report import Target, fmt, markdown_table, ratio_figure
 from benchmarks.scenarios import throughput
 from benchmarks.scenarios.base import Scenario
 from benchmarks.scenarios.throughput import size
@@ -20,61 +24,178 @@ from benchmarks.stats import ratio
 __all__ = ("SCENARIO",)
 
 
+def _key(clients: int, threads: int, harness: str = "curl") -> str:
+    return f"concurrent/{harness}/{clients}c/{threads}t"
+
+
 def run(bench: Bench) -> None:
     plan = bench.plan
     data = bench.files["concurrent"]
-    variants = bench.variants(THROUGHPUT_VARIANTS)
-    if variants:
-        print(f"\nconcurrent: {size(data.size)}, {size(plan.big_chunk)} chunks", flush=True)
+    variants = bench.variants(CONCURRENT_VARIANTS)
+    if not variants:
+        return
+    wrk = None if bench.options.no_wrk else tool_version(WRK)
+    bench.server_info.setdefault("wrk", wrk)
+    for threads in bench.options.threads:
+        for clients in plan.concurrent_clients:
+            print(
+                f"\nconcurrent: {clients} clients x {size(data.size)}, {threads} threads",
+                flush=True,
+            )
 
-    def one(bench: Bench, server: Server, data: DataFile) -> dict[str, Any]:
-        return python_concurrent(
-            bench, server, data, plan.concurrent_clients, plan.concurrent_processes
-        )
+            def fetch(
+                bench: Bench, server: Server, data: DataFile, clients: int = clients
+            ) -> dict[str, Any]:
+                return curl_parallel(bench, server, data, clients, plan.concurrent_curls)
 
-    throughput.measure(
-        bench, "concurrent", variants, data, plan.big_chunk, bench.options.threads, one
-    )
+            throughput.measure(
+                bench,
+                "concurrent",
+                variants,
+                data,
+                plan.big_chunk,
+                threads,
+                fetch,
+                key=_key(clients, threads),
+            )
+            if wrk is None:
+                continue
+
+            def cross_check(
+                bench: Bench, server: Server, data: DataFile, clients: int = clients
+            ) -> dict[str, Any]:
+                return wrk_run(bench, server, clients, plan.wrk_seconds)
+
+            throughput.measure(
+                bench,
+                "concurrent",
+                variants,
+                data,
+                plan.big_chunk,
+                threads,
+                cross_check,
+                key=_key(clients, threads, "wrk"),
+                passes=bench.options.rounds,
+            )
+
+
+def _keys(bench: Bench, harness: str) -> list[tuple[int, int, str]]:
+    return [
+        (clients, threads, _key(clients, threads, harness))
+        for threads in bench.options.threads
+        for clients in bench.plan.concurrent_clients
+        if _key(clients, threads, harness) in bench.summary
+    ]
 
 
 def tables(bench: Bench) -> list[str]:
     plan = bench.plan
-    cells = throughput.columns()
-    static = bench.summary.get("concurrent", {}).get("static", {})
-    return section(
-        bench,
-        "concurrent",
-        f"**concurrent**: {plan.concurrent_clients} clients x {size(plan.concurrent_size)}"
-        f" at once, the SHA-256 of every body checked ({plan.concurrent_processes} "
-        f"client processes), {bench.options.threads} threads",
+    rows: list[list[str]] = []
+    for clients, threads, key in _keys(bench, "curl"):
+        summary = bench.summary[key]
+        wrk = bench.summary.get(_key(clients, threads, "wrk"), {})
+        static, wrk_static = summary.get("static", {}), wrk.get("static", {})
+        for label, v in summary.items():
+            w = wrk.get(label, {})
+            rows.append(
+                [
+                    f"{clients} x {threads}t",
+                    label,
+                    fmt(v["mbps"]),
+                    throughput.iqr(v),
+                    fmt(ratio(v["mbps"], static.get("mbps")), 2, "x"),
+                    fmt(v["cpu_per_gib"], 2),
+                    fmt(ratio(v["cpu_per_gib"], static.get("cpu_per_gib")), 2, "x"),
+                    throughput.runs(v),
+                    throughput.client_cpu(v),
+                    fmt(w.get("mbps")),
+                    fmt(ratio(w.get("mbps"), wrk_static.get("mbps")), 2, "x"),
+                    fmt(w.get("cpu_per_gib"), 2),
+                    fmt(ratio(w.get("cpu_per_gib"), wrk_static.get("cpu_per_gib")), 2, "x"),
+                ]
+            )
+    if not rows:
+        return []
+    wrk_name = bench.server_info.get("wrk")
+    lines = [
+        "",
+        f"**concurrent**: clients x {size(plan.concurrent_size)} at once, with executors of "
+        f"{', '.join(str(t) for t in bench.options.threads)} threads; curl --parallel in "
+        f"{plan.concurrent_curls} processes writing to memory, the SHA-256 of every body checked "
+        "after the timing; client CPU in % of one core. "
+        + (
+            f"wrk ({wrk_name}, {plan.wrk_seconds:g} s a run, keep-alive, bodies not checked): "
+            "the same servers measured by an independent harness."
+            if wrk_name
+            else "wrk not installed (apt-get install wrk): no cross-check."
+        ),
+        "",
+    ]
+    lines += markdown_table(
         [
-            ("aggregate MB/s", cells["MB/s"]),
-            ("IQR", cells["IQR"]),
-            ("vs static", lambda v: fmt(ratio(v["mbps"], static.get("mbps")), 2, "x")),
-            ("server CPU s/GiB", lambda v: fmt(v["cpu_per_gib"], 2)),
-            ("wrong bodies", cells["bad"]),
-            ("client CPU", cells["client CPU"]),
+            "clients",
+            "variant",
+            "MB/s",
+            "IQR",
+            "vs static",
+            "server CPU s/GiB",
+            "vs static",
+            "wrong bodies",
+            "client CPU",
+            "wrk MB/s",
+            "vs static",
+            "wrk CPU s/GiB",
+            "vs static",
         ],
-    ) + throughput.bad_downloads(bench, "concurrent")
+        rows,
+    )
+    for _, _, key in _keys(bench, "curl") + _keys(bench, "wrk"):
+        lines += throughput.bad_downloads(bench, key)
+    return lines
 
 
 def targets(bench: Bench) -> list[Target]:
-    found = ratio_targets(
-        bench, "concurrent: MB/s vs static", "concurrent", "mbps", "static", 1.0, None
-    )
-    for label in ("push", "generator"):
-        v = bench.summary.get("concurrent", {}).get(label)
-        if v is not None:
+    found = []
+    for clients, threads, key in _keys(bench, "curl"):
+        summary = bench.summary[key]
+        static = summary.get("static", {})
+        where = f"concurrent {clients} x {threads}t"
+        for label in ("push", "generator"):
+            v = summary.get(label)
+            if v is None:
+                continue
+            r = ratio(v["mbps"], static.get("mbps"))
+            if r is not None:
+                found.append(
+                    Target(
+                        f"{where}: MB/s vs static",
+                        label,
+                        ratio_figure(r, 1.0),
+                        ">= 1.00x",
+                        r >= 1.0,
+                    )
+                )
+            r = ratio(v["cpu_per_gib"], static.get("cpu_per_gib"))
+            if r is not None:
+                found.append(
+                    Target(
+                        f"{where}: CPU/GiB vs static",
+                        label,
+                        f"{v['cpu_per_gib']:.2f} s/GiB, {ratio_figure(r, 1.0)}",
+                        "<= 1.00x",
+                        r <= 1.0,
+                    )
+                )
             found.append(
                 Target(
-                    "concurrent: wrong bodies",
+                    f"{where}: wrong bodies",
                     label,
                     f"{v['bad']} of {v['runs']}",
                     "0",
                     v["bad"] == 0,
                 )
             )
-    return found + throughput.assertion_targets(bench, "concurrent")
+    return found
 
 
 SCENARIO = Scenario(
@@ -83,5 +204,5 @@ SCENARIO = Scenario(
     tables,
     targets,
     files=lambda bench: {"concurrent": bench.plan.concurrent_size},
-    client="Python sockets + hashlib",
+    client="curl --parallel (+ wrk)",
 )

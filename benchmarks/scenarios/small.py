@@ -28,7 +28,7 @@ def run(bench: Bench) -> None:
         variants,
         data,
         bench.plan.small_chunk,
-        bench.options.threads,
+        max(bench.options.threads),
         single_download,
     )
 
