@@ -7,7 +7,7 @@ tables, its targets and the data files it needs.
 
 from __future__ import annotations
 
-from benchmarks.scenarios import big, concurrent, slow, small, stalled
+from benchmarks.scenarios import big, blocking, concurrent, slow, small, stalled
 from benchmarks.scenarios.base import Scenario
 
 __all__ = ("SCENARIOS", "Scenario")
@@ -19,6 +19,7 @@ SCENARIOS: dict[str, Scenario] = {
         big.SCENARIO,
         small.SCENARIO,
         concurrent.SCENARIO,
+        blocking.SCENARIO,
         slow.SCENARIO,
         stalled.SCENARIO,
     )
