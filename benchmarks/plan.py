@@ -99,7 +99,8 @@ class Plan:
     stalled_streams: int = 1000
     stalled_size: int = 2 * MiB
     stalled_probes: int = 10
-    stalled_rounds: int = 1  # at most this many rounds of the stalled scenario
+    stalled_rounds: int = 2  # at most this many rounds of the stalled scenario
+    stalled_read_timeout: float = 120.0  # for every stalled client to read to the end
     stalled_allowance: int = 48 * MiB  # stalled target: the library's cap + this
     stall_threads: int = 4  # executor threads in the slow and stalled scenarios
     probe_size: int = 64 * KiB  # the "fresh small download"
@@ -124,7 +125,6 @@ QUICK = Plan(
     slow_seconds=3.0,
     slow_size=16 * MiB,
     stalled_streams=200,
-    stalled_size=1 * MiB,
     stalled_probes=5,
     passes=(("big", 2), ("small", 1)),
 )

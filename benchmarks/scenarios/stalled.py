@@ -1,6 +1,12 @@
 """
-``stalled``: 200 streams whose clients read the headers and then stop reading, an executor of
-4 threads: median latency of a fresh ``/ping`` and of a fresh 64 KiB download, RSS growth.
+``stalled``: a thousand streams (of 2 MiB) whose clients read the headers and then stop
+reading, an executor of 4 threads: the server's RSS growth (peak, from its ``/stats``), the
+median latency of a fresh ``/ping`` and of a fresh 64 KiB download meanwhile; then every
+stalled client reads to the end, and every body must be complete and byte-exact (SHA-256).
+The runner, the servers and the clients raise their soft open-files limit to the hard one.
+Targets: RSS growth <= the library's process-wide cap (from ``/stats``, 0 if it reports none)
++ 48 MiB, a fresh download under 50 ms (median; generator style: push serves as many streams
+at a time as it has threads, by design) and every stream byte-exact, for both styles.
 """
 
 from __future__ import annotations
@@ -12,10 +18,11 @@ import time
 from typing import Any
 
 from benchmarks.harness import CLIENTS, Bench, DataFile, Server, last_json, read_line
-from benchmarks.machine import CpuTimes, steal_since
+from benchmarks.machine import CpuTimes, raise_open_files_limit, steal_since
 from benchmarks.plan import STALLED_VARIANTS, KiB, MiB, Variant
-from benchmarks.report import Target, fmt, get, section
+from benchmarks.report import Target, fmt, section
 from benchmarks.scenarios.base import Scenario
+from benchmarks.scenarios.throughput import size
 from benchmarks.stats import median
 
 __all__ = ("SCENARIO",)
@@ -26,25 +33,34 @@ def run(bench: Bench) -> None:
     if not variants:
         return
     plan = bench.plan
-    data = bench.files["slow"]
+    data = bench.files["stalled"]
+    wanted = 2 * plan.stalled_streams + 256  # a socket each side, a file each in the server
+    soft, hard = raise_open_files_limit(wanted)
+    bench.server_info["open_files_limit"] = soft
+    if soft < wanted:
+        bench.notes.append(
+            f"stalled: the open-files limit is {soft} (hard {hard}), under the {wanted} that "
+            f"{plan.stalled_streams} streams need: some streams will fail to connect or open."
+        )
     print(
-        f"\nstalled: {plan.stalled_streams} streams of a {data.size // MiB} MiB file that "
+        f"\nstalled: {plan.stalled_streams} streams of {size(data.size)} that "
         f"stop reading after the headers, {plan.stall_threads} threads",
         flush=True,
     )
-    for round_ in range(bench.options.rounds):
+    rounds = min(bench.options.rounds, plan.stalled_rounds)
+    for round_ in range(rounds):
         for variant in bench.order(variants, round_):
             one = once(bench, variant, data)
             bench.record("stalled", variant.label, one)
             bench.say(
                 "stalled",
                 variant.label,
-                round_,
+                f"{round_ + 1}/{rounds}",
                 f"headers {one['headers']}/{one['streams']}  /ping {fmt(one['ping_ms'], 1)} "
                 f"ms  small {fmt(one['small_ms'], 1)} ms"
                 + (f"  {one['small_timeouts']} timed out" if one["small_timeouts"] else "")
                 + f"  RSS +{fmt(one['rss_growth'] / MiB, 0)} MiB"
-                + f"  recovered in {fmt(one['recovery_s'], 2, ' s')}",
+                + f"  byte-exact {one['exact']}/{one['streams']} in {fmt(one['drain_s'], 1)} s",
             )
     summary = bench.summary.setdefault("stalled", {})
     for label, items in bench.runs.get("stalled", {}).items():
@@ -57,7 +73,12 @@ def run(bench: Bench) -> None:
             "small_timeouts": sum(r["small_timeouts"] for r in items),
             "small_tries": sum(r["small_tries"] for r in items),
             "rss_growth": median([r["rss_growth"] for r in items]),
-            "recovery_s": median([r["recovery_s"] for r in items]),
+            "rss_growth_max": max(r["rss_growth"] for r in items),
+            "memory_cap": items[0]["memory_cap"],
+            "bytes_held": median([r["bytes_held"] for r in items]),
+            "exact_min": min(r["exact"] for r in items),
+            "drain_s": median([r["drain_s"] for r in items]),
+            "outcomes": items[-1]["read_statuses"],
         }
 
 
@@ -65,14 +86,14 @@ def once(bench: Bench, variant: Variant, data: DataFile) -> dict[str, Any]:
     plan = bench.plan
     server = Server(bench, variant, data, 64 * KiB, plan.stall_threads)
     stall: subprocess.Popen[bytes] | None = None
-    recovery: float | None = None
     try:
         server.warm_up()
         before = server.stats(reset_peak=True)
         bench.note_server(before)
         cmd = [sys.executable, str(CLIENTS), "stall", "--port", str(server.port)]
         cmd += ["--streams", str(plan.stalled_streams), "--header-timeout", "5"]
-        cmd += ["--hold", "120"]
+        cmd += ["--hold", "300", "--read-timeout", str(plan.stalled_read_timeout)]
+        cmd += ["--expect-size", str(data.size), "--expect-sha256", data.sha256]
         with bench.client_log() as log:
             stall = bench.processes.start(
                 cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log
@@ -94,18 +115,11 @@ def once(bench: Bench, variant: Variant, data: DataFile) -> dict[str, Any]:
         probe = last_json(done.stdout)["paths"]
         steal = steal_since(cpu_before)
         during = server.stats()
-        # let the stalled clients go: how long until a fresh download works again?
+        # every stalled client reads to the end: every body must be complete and byte-exact
         assert stall.stdin is not None
-        stall.stdin.write(b"stop\n")
-        stall.communicate(timeout=15)
-        released = time.monotonic()
-        while time.monotonic() - released < 10.0:
-            try:
-                server.get("/small", timeout=1.0)
-            except (OSError, RuntimeError):
-                continue
-            recovery = time.monotonic() - released
-            break
+        stall.stdin.write(b"read\n")
+        out, _ = stall.communicate(timeout=plan.stalled_read_timeout + 30)
+        read = last_json(out)["read"]
     finally:
         if stall is not None:
             bench.processes.stop(stall)
@@ -130,8 +144,14 @@ def once(bench: Bench, variant: Variant, data: DataFile) -> dict[str, Any]:
         "ping_all_ms": probe["/ping"]["latencies_ms"],
         "small_all_ms": probe["/small"]["latencies_ms"],
         "rss_growth": max(during["vm_hwm"] - before["vm_rss"], 0),
+        "memory_cap": during.get("memory_cap"),
+        "bytes_held": during.get("bytes_held"),
+        "library_stats": during.get("library_stats"),
         "os_threads": during["os_threads"],
-        "recovery_s": recovery,
+        "open_files_limit": during.get("open_files_limit"),
+        "read_statuses": read["statuses"],
+        "exact": read["statuses"].get("ok", 0),
+        "drain_s": read["seconds"],
         "steal": steal,
         "server_errors": during["errors_logged"] - before["errors_logged"],
     }
@@ -142,35 +162,81 @@ def tables(bench: Bench) -> list[str]:
     return section(
         bench,
         "stalled",
-        f"**stalled clients**: {plan.stalled_streams} streams whose clients stop reading "
-        f"after the headers, {plan.stall_threads} threads; a fresh request gives up after "
-        f"{plan.fresh_timeout * 1000:.0f} ms and counts as that",
+        f"**stalled clients**: {plan.stalled_streams} streams of {size(plan.stalled_size)} whose "
+        f"clients stop reading after the headers, {plan.stall_threads} threads; a fresh request "
+        f"gives up after {plan.fresh_timeout * 1000:.0f} ms and counts as that; then every "
+        "client reads to the end (byte-exact: size and SHA-256 right, worst round)",
         [
             ("streams with headers", lambda v: f"{fmt(v['headers'])}/{v['streams']}"),
             ("fresh /ping ms", lambda v: fmt(v["ping_ms"], 1)),
             ("fresh 64 KiB ms", lambda v: fmt(v["small_ms"], 1)),
             ("64 KiB timed out", lambda v: f"{v['small_timeouts']}/{v['small_tries']}"),
             ("RSS growth MiB", lambda v: fmt(v["rss_growth"] / MiB, 0)),
-            ("recovery s", lambda v: fmt(v["recovery_s"], 2)),
+            ("cap MiB", lambda v: _mib(v["memory_cap"])),
+            ("held MiB", lambda v: _mib(v["bytes_held"])),
+            ("byte-exact", lambda v: f"{v['exact_min']}/{v['streams']}"),
+            ("read to the end s", lambda v: fmt(v["drain_s"], 1)),
         ],
     )
 
 
+def _mib(value: int | None) -> str:
+    return "-" if value is None else fmt(value / MiB, 0)
+
+
 def targets(bench: Bench) -> list[Target]:
+    plan = bench.plan
     found = []
-    for key, what in (("ping_ms", "/ping"), ("small_ms", "64 KiB download")):
-        value = get(bench, "stalled", "generator", key)
-        if value is not None:
-            found.append(
-                Target(
-                    f"stalled: fresh {what}, median",
-                    "generator",
-                    f"{value:.1f} ms",
-                    "<= 50 ms",
-                    value <= 50,
-                )
+    for label in ("push", "generator"):
+        v = bench.summary.get("stalled", {}).get(label)
+        if v is None:
+            continue
+        cap = v["memory_cap"]
+        limit = (cap or 0) + plan.stalled_allowance
+        because = "cap" if cap is not None else "no cap reported: 0"
+        found.append(
+            Target(
+                "stalled: RSS growth",
+                label,
+                f"{v['rss_growth'] / MiB:.0f} MiB",
+                f"<= {limit / MiB:.0f} MiB ({because} + {plan.stalled_allowance // MiB} MiB)",
+                v["rss_growth"] <= limit,
             )
+        )
+        if label == "generator":
+            for key, what in (("ping_ms", "/ping"), ("small_ms", "64 KiB download")):
+                value = v[key]
+                if value is not None:
+                    found.append(
+                        Target(
+                            f"stalled: fresh {what}, median",
+                            label,
+                            f"{value:.1f} ms",
+                            f"< {plan.fresh_target_ms:g} ms",
+                            value < plan.fresh_target_ms,
+                        )
+                    )
+        n = v["streams"]
+        found.append(
+            Target(
+                "stalled: streams byte-exact once read",
+                label,
+                f"{v['exact_min']}/{n}",
+                f"{n}/{n}",
+                v["exact_min"] >= n,
+            )
+        )
     return found
+
+
+def notes(bench: Bench) -> list[str]:
+    lines = []
+    for label, v in bench.summary.get("stalled", {}).items():
+        bad = {k: n for k, n in v["outcomes"].items() if k != "ok"}
+        if bad:
+            text = ", ".join(f"{n} {k}" for k, n in sorted(bad.items()))
+            lines.append(f"stalled/{label}: streams not byte-exact once read: {text}.")
+    return lines
 
 
 SCENARIO = Scenario(
@@ -178,6 +244,7 @@ SCENARIO = Scenario(
     run,
     tables,
     targets,
-    files=lambda bench: {"slow": bench.plan.slow_size},
+    files=lambda bench: {"stalled": bench.plan.stalled_size},
     client="Python sockets",
+    notes=notes,
 )
