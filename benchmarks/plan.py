@@ -83,7 +83,7 @@ class Plan:
     #: curl processes the concurrent clients are spread over (each runs ``--parallel``)
     concurrent_curls: int = 2
     #: how long each wrk cross-check runs
-    wrk_seconds: float = 3.0
+    wrk_seconds: float = 2.0
     blocking_clients: int = 16
     blocking_size: int = 16 * MiB
     blocking_chunk: int = 64 * KiB

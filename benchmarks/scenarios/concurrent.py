@@ -75,7 +75,7 @@ def run(bench: Bench) -> None:
                 threads,
                 cross_check,
                 key=_key(clients, threads, "wrk"),
-                passes=bench.options.rounds,
+                passes=1,
             )
 
 
@@ -124,7 +124,8 @@ def tables(bench: Bench) -> list[str]:
         f"{plan.concurrent_curls} processes writing to memory, the SHA-256 of every body checked "
         "after the timing; client CPU in % of one core. "
         + (
-            f"wrk ({wrk_name}, {plan.wrk_seconds:g} s a run, keep-alive, bodies not checked): "
+            f"wrk ({wrk_name}, one {plan.wrk_seconds:g} s run per variant, keep-alive, bodies not "
+            "checked): "
             "the same servers measured by an independent harness."
             if wrk_name
             else "wrk not installed (apt-get install wrk): no cross-check."
