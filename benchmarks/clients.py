@@ -17,7 +17,9 @@ other clients') and prints JSON on its last line of output:
     ``--count`` times each, with their latencies.
 ``stall``
     ``--streams`` GETs whose clients read the response headers and then stop reading; the
-    sockets stay open until a line (or EOF) on standard input, or ``--hold`` seconds.
+    sockets stay open until a line (or EOF) on standard input, or ``--hold`` seconds. The
+    line ``read`` has every stream read to its end first, each body checked against
+    ``--expect-size`` and ``--expect-sha256``.
 
 With ``--wait-go``, a command prints ``READY`` once set up and starts at the next line on its
 standard input (within 60 seconds), so that several client processes start together.
@@ -27,6 +29,7 @@ Every wait is bounded: connections by ``--idle-timeout``, a command by ``--timeo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import resource
@@ -453,6 +456,7 @@ def cmd_stall(args: argparse.Namespace) -> dict[str, Any]:
     statuses: dict[str, int] = {}
     selector = selectors.DefaultSelector()
     heads: dict[socket.socket, bytearray] = {}
+    received: dict[socket.socket, bytearray] = {}  # what each stream got: its head, or part
     request = f"GET {args.path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode()
     try:
         for _ in range(args.streams):
@@ -488,6 +492,7 @@ def cmd_stall(args: argparse.Namespace) -> dict[str, Any]:
                     failed.append(f"{type(e).__name__}: {e}")
                 head = heads[ready_sock]
                 head += data
+                received[ready_sock] = head
                 end = head.find(b"\r\n\r\n")
                 if end >= 0 or not data:
                     selector.unregister(ready_sock)
@@ -505,15 +510,96 @@ def cmd_stall(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": time.monotonic() - start,
         }
         print(json.dumps(ready), flush=True)
-        # hold the connections, unread, until told to let go
+        # hold the connections, unread, until told to read them to the end or to let go
         wait, _, _ = select.select([sys.stdin], [], [], args.hold)
-        if wait:
-            sys.stdin.readline()
+        command = sys.stdin.readline().strip() if wait else ""
+        held = time.monotonic() - start
+        result: dict[str, Any] = {"held_seconds": held}
+        if command == "read":
+            result["read"] = read_to_end(sockets, received, args)
     finally:
         selector.close()
         for sock in sockets:
             sock.close()
-    return {"closed": len(sockets), "held_seconds": time.monotonic() - start}
+    result["closed"] = len(sockets)
+    return result
+
+
+def read_to_end(
+    sockets: list[socket.socket], received: dict[socket.socket, bytearray], args: argparse.Namespace
+) -> dict[str, Any]:
+    """
+    Read every stream to its end (the server closes each: ``Connection: close``), checking
+    each body's size and SHA-256 (``--expect-size``, ``--expect-sha256``; a chunked body is
+    counted, not checked).
+    """
+    start = time.monotonic()
+    deadline = start + args.read_timeout
+    selector = selectors.DefaultSelector()
+    buffer = bytearray(RECV_SIZE)
+    view = memoryview(buffer)
+    heads: dict[socket.socket, bytearray] = {}
+    digests: dict[socket.socket, Any] = {}
+    sizes: dict[socket.socket, int] = {}
+    chunked: set[socket.socket] = set()
+    statuses: dict[str, int] = {}
+
+    def count(status: str) -> None:
+        statuses[status] = statuses.get(status, 0) + 1
+
+    def take(sock: socket.socket, data: memoryview | bytes) -> None:
+        if sock in digests:
+            digests[sock].update(data)
+            sizes[sock] += len(data)
+            return
+        head = heads.setdefault(sock, bytearray())
+        head += data
+        end = head.find(b"\r\n\r\n")
+        if end >= 0:
+            if b"transfer-encoding: chunked" in bytes(head[:end]).lower():
+                chunked.add(sock)
+            body = bytes(head[end + 4 :])
+            digests[sock] = hashlib.sha256(body)
+            sizes[sock] = len(body)
+            del heads[sock]
+
+    for sock in sockets:
+        with contextlib.suppress(OSError):  # a larger window for the read (up to 64 KiB)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+        take(sock, bytes(received.get(sock, b"")))
+        selector.register(sock, selectors.EVENT_READ)
+    open_ = len(sockets)
+    while open_ and time.monotonic() < deadline:
+        for key, _ in selector.select(max(min(deadline - time.monotonic(), 1.0), 0.0)):
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)
+            try:
+                n = ready.recv_into(view)
+            except BlockingIOError:
+                continue
+            except OSError:
+                n = 0
+            if n:
+                take(ready, view[:n])
+                continue
+            selector.unregister(ready)
+            open_ -= 1
+            if ready not in digests:
+                count("no complete head")
+            elif ready in chunked:
+                count("chunked (not checked)")
+            elif args.expect_size is not None and sizes[ready] != args.expect_size:
+                count("short")
+            elif args.expect_sha256 and digests[ready].hexdigest() != args.expect_sha256:
+                count("wrong")
+            else:
+                count("ok")
+            digests.pop(ready, None)
+    if open_:
+        statuses["timeout"] = open_
+    selector.close()
+    view.release()
+    return {"statuses": statuses, "seconds": time.monotonic() - start}
 
 
 # -- command line --------------------------------------------------------------------------
@@ -569,11 +655,19 @@ def _parser() -> argparse.ArgumentParser:
     stall.add_argument("--rcvbuf", type=int, default=4096, help="SO_RCVBUF of each client")
     stall.add_argument("--header-timeout", type=float, default=5.0, metavar="SECONDS")
     stall.add_argument("--hold", type=float, default=120.0, metavar="SECONDS")
+    stall.add_argument("--expect-size", type=int, help="each body's size (with 'read')")
+    stall.add_argument("--expect-sha256", help="each body's SHA-256 (with 'read')")
+    stall.add_argument("--read-timeout", type=float, default=120.0, metavar="SECONDS")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    # a socket per stream: the thousand-stream scenarios need more than 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     commands: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
         "fetch": cmd_fetch,
         "slow": cmd_slow,

@@ -35,6 +35,18 @@ CPU time (``getrusage(RUSAGE_SELF)``), its current and peak RSS (``VmRSS``/``VmH
 ``/proc/self/status``; ``/stats?reset_peak=1`` resets the peak first, by writing 5 to
 ``/proc/self/clear_refs``), its threads and the warnings and errors it logged.
 
+``/sleep?seconds=0.001&n=200`` measures what ``time.sleep(seconds)`` really takes in this
+process (in a thread of its own). ``/stats`` also has the library's process-wide figures
+(``library_stats``; ``bytes_held`` and ``memory_cap`` picked from them) when the installed
+`tornado_safestream` offers them (one of the functions named in `LIBRARY_STATS`).
+
+``--producer-sleep SECONDS`` makes executor, push and generator sleep that long before
+reading each chunk of ``/file``, in the worker, as a producer waiting on a database would.
+``--option NAME=JSON`` passes a keyword argument to ``stream_on_executor`` (push,
+generator), ``--app-setting NAME=JSON`` an `~tornado.web.Application` setting: new options
+of the library can be measured as they appear. The server raises its soft open-files limit
+to the hard one (a socket and a file per stream).
+
 The server exits at once (``os._exit``) on SIGTERM or SIGINT, when its parent process goes
 away (``--exit-with-parent``) or after ``--max-lifetime`` seconds. Linux only (``/proc``).
 """
@@ -43,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import inspect
 import json
 import logging
@@ -50,6 +63,7 @@ import os
 import platform
 import resource
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -57,7 +71,7 @@ import traceback
 from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import tornado
 from tornado.concurrent import run_on_executor
@@ -82,6 +96,15 @@ class FileConfig:
     chunk: int
     executor: Executor
     content_length: bool
+    #: seconds the producer sleeps after reading each chunk (0: none), as a database would
+    producer_sleep: float = 0.0
+
+
+def _read(f: BinaryIO, config: FileConfig) -> bytes:
+    """The next chunk, after `FileConfig.producer_sleep` (in a worker thread, never the loop)."""
+    if config.producer_sleep:
+        time.sleep(config.producer_sleep)
+    return f.read(config.chunk)
 
 
 def _set_length(handler: RequestHandler, config: FileConfig, fileno: int) -> None:
@@ -139,7 +162,7 @@ class ExecutorDownload(RequestHandler):
         with open(config.path, "rb") as f:
             _set_length(self, config, f.fileno())
             while True:
-                chunk = await loop.run_in_executor(config.executor, f.read, config.chunk)
+                chunk = await loop.run_in_executor(config.executor, _read, f, config)
                 if not chunk:
                     break
                 self.write(chunk)
@@ -173,12 +196,17 @@ class BrokenDownload(RequestHandler):
                 self.io_loop.add_callback(self.flush)
 
 
-def library_handlers(max_buffer_bytes: int | None) -> dict[str, type[RequestHandler]]:
-    """The push- and generator-style handlers, decorated with *max_buffer_bytes* (or bare)."""
-    if max_buffer_bytes is None:
-        decorate = stream_on_executor()
-    else:
-        decorate = stream_on_executor(max_buffer_bytes=max_buffer_bytes)
+def library_handlers(
+    max_buffer_bytes: int | None, options: dict[str, Any]
+) -> dict[str, type[RequestHandler]]:
+    """
+    The push- and generator-style handlers, decorated with *max_buffer_bytes* (or the
+    library's default) and any further keyword *options* of `stream_on_executor`.
+    """
+    kwargs = dict(options)
+    if max_buffer_bytes is not None:
+        kwargs["max_buffer_bytes"] = max_buffer_bytes
+    decorate = stream_on_executor(**kwargs)
 
     class PushDownload(SafeStreamMixin, RequestHandler):
         executor: Executor
@@ -193,7 +221,7 @@ def library_handlers(max_buffer_bytes: int | None) -> dict[str, type[RequestHand
             with open(config.path, "rb") as f:
                 _set_length(self, config, f.fileno())
                 while True:
-                    chunk = f.read(config.chunk)
+                    chunk = _read(f, config)
                     if not chunk:
                         break
                     self.write(chunk)
@@ -212,7 +240,7 @@ def library_handlers(max_buffer_bytes: int | None) -> dict[str, type[RequestHand
             with open(config.path, "rb") as f:
                 _set_length(self, config, f.fileno())
                 while True:
-                    chunk = f.read(config.chunk)
+                    chunk = _read(f, config)
                     if not chunk:
                         break
                     yield chunk
@@ -236,6 +264,82 @@ class Ping(RequestHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "text/plain")
         self.write(b"pong")
+
+
+class SleepProbe(RequestHandler):
+    """
+    ``/sleep?seconds=0.001&n=200``: how long ``time.sleep(seconds)`` really takes in this
+    process, measured *n* times in a thread of its own (not the loop, not the server's pool).
+    """
+
+    async def get(self) -> None:
+        seconds = float(self.get_argument("seconds", "0.001"))
+        n = min(max(int(self.get_argument("n", "200")), 1), 10_000)
+
+        def measure() -> list[float]:
+            lengths = []
+            for _ in range(n):
+                start = time.perf_counter()
+                time.sleep(seconds)
+                lengths.append(time.perf_counter() - start)
+            return lengths
+
+        with ThreadPoolExecutor(1, thread_name_prefix="bench-sleep-probe") as pool:
+            lengths = await IOLoop.current().run_in_executor(pool, measure)
+        body = {
+            "seconds": seconds,
+            "n": n,
+            "mean": statistics.fmean(lengths),
+            "median": statistics.median(lengths),
+            "min": min(lengths),
+            "max": max(lengths),
+        }
+        self.set_header("Content-Type", "application/json")
+        self.write(json.dumps(body).encode())
+
+
+def _as_dict(value: object) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {str(k): v for k, v in value.items()}
+    as_dict = getattr(value, "_asdict", None)  # a NamedTuple
+    if callable(as_dict):
+        result = as_dict()
+        if isinstance(result, dict):
+            return result
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if hasattr(value, "__dict__"):
+        return {k: v for k, v in vars(value).items() if not k.startswith("_")}
+    return {"value": repr(value)}
+
+
+#: Where the library may offer its process-wide figures (bytes all streams hold now, the cap
+#: on them, streams running): the first of these names that it has and that answers.
+LIBRARY_STATS = ("process_stats", "memory_stats", "stream_stats", "stats")
+
+
+def library_stats() -> dict[str, Any] | None:
+    """The library's process-wide figures, if this version offers them (else ``None``)."""
+    for name in LIBRARY_STATS:
+        source = getattr(tornado_safestream, name, None)
+        if not callable(source):
+            continue
+        try:
+            value = source()
+        except Exception as e:  # a signature this benchmark does not know: say so
+            return {"source": name, "error": f"{type(e).__name__}: {e}"}
+        found = _as_dict(value)
+        found["source"] = name
+        return found
+    return None
+
+
+def _pick(found: dict[str, Any] | None, *words: str) -> Any:
+    """The first value of *found* whose name has one of *words* in it."""
+    for key, value in (found or {}).items():
+        if any(word in key for word in words) and (value is None or isinstance(value, int)):
+            return value
+    return None
 
 
 class LogCounter(logging.Handler):
@@ -290,6 +394,7 @@ class ServerInfo:
     executor_threads: int
     started: float
     log: LogCounter
+    library_options: dict[str, Any]
 
 
 class Stats(RequestHandler):
@@ -327,10 +432,17 @@ class Stats(RequestHandler):
             "python_implementation": platform.python_implementation(),
             "tornado": tornado.version,
             "tornado_safestream": tornado_safestream.__version__,
+            "library_options": info.library_options,
+            "open_files_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         }
+        found = library_stats()
+        if found is not None:
+            body["library_stats"] = found
+            body["bytes_held"] = _pick(found, "held")
+            body["memory_cap"] = _pick(found, "cap", "limit")
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
-        self.write(json.dumps(body).encode())
+        self.write(json.dumps(body, default=str).encode())
 
 
 # -- the server ----------------------------------------------------------------------------
@@ -349,7 +461,7 @@ def make_app(args: argparse.Namespace, info: ServerInfo, executor: Executor) -> 
         "loop": LoopDownload,
         "executor": ExecutorDownload,
         "broken": BrokenDownload,
-        **library_handlers(args.max_buffer_bytes),
+        **library_handlers(args.max_buffer_bytes, dict(args.option)),
     }
     for url, path in files:
         if variant == "static":
@@ -359,10 +471,12 @@ def make_app(args: argparse.Namespace, info: ServerInfo, executor: Executor) -> 
                 (url + "()", StaticDownload, {"path": directory, "default_filename": name})
             )
         else:
-            config = FileConfig(path, args.chunk, executor, not args.chunked)
+            sleep = args.producer_sleep if url == "/file" else 0.0
+            config = FileConfig(path, args.chunk, executor, not args.chunked, sleep)
             routes.append((url, classes[variant], {"config": config}))
+    routes.append((r"/sleep", SleepProbe, {}))
     # No access log: the same for every variant, and not what is measured.
-    return Application(routes, log_function=lambda handler: None)
+    return Application(routes, log_function=lambda handler: None, **dict(args.app_setting))
 
 
 def _exit_now(code: int = 0) -> None:
@@ -388,6 +502,7 @@ async def serve(args: argparse.Namespace) -> None:
         executor_threads=args.executor_threads,
         started=time.monotonic(),
         log=log,
+        library_options={**dict(args.option), **dict(args.app_setting)},
     )
     executor = ThreadPoolExecutor(args.executor_threads, thread_name_prefix=f"bench-{variant}")
     app = make_app(args, info, executor)
@@ -418,6 +533,17 @@ async def serve(args: argparse.Namespace) -> None:
     await asyncio.Event().wait()  # until a signal or the watchdog ends the process
 
 
+def _name_value(text: str) -> tuple[str, Any]:
+    """``NAME=JSON`` (``NAME=word``: the string) as (name, value)."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(raw)
+    except ValueError:
+        return name, raw
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("variant", choices=VARIANTS)
@@ -437,6 +563,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--chunked",
         action="store_true",
         help="do not set Content-Length (loop/executor/push/generator): chunked encoding",
+    )
+    parser.add_argument(
+        "--producer-sleep",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="executor/push/generator: sleep this long per chunk of /file (a blocking producer)",
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        type=_name_value,
+        default=[],
+        metavar="NAME=JSON",
+        help="a keyword argument of stream_on_executor for push/generator (repeat for more)",
+    )
+    parser.add_argument(
+        "--app-setting",
+        action="append",
+        type=_name_value,
+        default=[],
+        metavar="NAME=JSON",
+        help="an Application setting (repeat for more)",
     )
     parser.add_argument(
         "--assert", dest="assert_mode", action="store_true", help="turn on assertion mode"
@@ -460,6 +609,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: _exit_now(0))
+    # a socket and a file per stream: the thousand-stream scenarios need more than 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        wanted = 65536 if hard == resource.RLIM_INFINITY else hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
     if args.assert_mode:
         enable_thread_assertions()
     try:
