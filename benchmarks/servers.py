@@ -37,8 +37,8 @@ CPU time (``getrusage(RUSAGE_SELF)``), its current and peak RSS (``VmRSS``/``VmH
 
 ``/sleep?seconds=0.001&n=200`` measures what ``time.sleep(seconds)`` really takes in this
 process (in a thread of its own). ``/stats`` also has the library's process-wide figures
-(``library_stats``; ``bytes_held`` and ``memory_cap`` picked from them) when the installed
-`tornado_safestream` offers them (one of the functions named in `LIBRARY_STATS`).
+(``library_stats``: `tornado_safestream.memory.memory_stats`; ``bytes_held`` and
+``memory_cap`` from them).
 
 ``--producer-sleep SECONDS`` makes executor, push and generator sleep that long before
 reading each chunk of ``/file``, in the worker, as a producer waiting on a database would.
@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import inspect
 import json
 import logging
@@ -298,48 +297,13 @@ class SleepProbe(RequestHandler):
         self.write(json.dumps(body).encode())
 
 
-def _as_dict(value: object) -> dict[str, Any]:
-    if isinstance(value, dict):
-        return {str(k): v for k, v in value.items()}
-    as_dict = getattr(value, "_asdict", None)  # a NamedTuple
-    if callable(as_dict):
-        result = as_dict()
-        if isinstance(result, dict):
-            return result
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if hasattr(value, "__dict__"):
-        return {k: v for k, v in vars(value).items() if not k.startswith("_")}
-    return {"value": repr(value)}
-
-
-#: Where the library may offer its process-wide figures (bytes all streams hold now, the cap
-#: on them, streams running): the first of these names that it has and that answers.
-LIBRARY_STATS = ("process_stats", "memory_stats", "stream_stats", "stats")
-
-
 def library_stats() -> dict[str, Any] | None:
-    """The library's process-wide figures, if this version offers them (else ``None``)."""
-    for name in LIBRARY_STATS:
-        source = getattr(tornado_safestream, name, None)
-        if not callable(source):
-            continue
-        try:
-            value = source()
-        except Exception as e:  # a signature this benchmark does not know: say so
-            return {"source": name, "error": f"{type(e).__name__}: {e}"}
-        found = _as_dict(value)
-        found["source"] = name
-        return found
-    return None
-
-
-def _pick(found: dict[str, Any] | None, *words: str) -> Any:
-    """The first value of *found* whose name has one of *words* in it."""
-    for key, value in (found or {}).items():
-        if any(word in key for word in words) and (value is None or isinstance(value, int)):
-            return value
-    return None
+    """The library's process-wide figures (`tornado_safestream.memory`), if it has them."""
+    try:
+        from tornado_safestream.memory import memory_stats
+    except ImportError:  # a version before the memory cap
+        return None
+    return memory_stats()._asdict()
 
 
 class LogCounter(logging.Handler):
@@ -438,8 +402,8 @@ class Stats(RequestHandler):
         found = library_stats()
         if found is not None:
             body["library_stats"] = found
-            body["bytes_held"] = _pick(found, "held")
-            body["memory_cap"] = _pick(found, "cap", "limit")
+            body["bytes_held"] = found["held"]
+            body["memory_cap"] = found["limit"]
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
         self.write(json.dumps(body, default=str).encode())

@@ -42,11 +42,12 @@ import contextlib
 import enum
 import threading
 import time
+import weakref
 from typing import Any, Callable, Union
 
 from tornado.iostream import StreamClosedError
 
-from ._memory import memory_cap
+from ._memory import Reservation, memory_cap
 from ._readahead import START_WINDOW
 from ._waiting import POLL_SECONDS, ProducerFuture
 
@@ -144,7 +145,7 @@ class Channel:
         self._pending = 0  # written by the producer, not yet handed to the socket
         self._window = min(START_WINDOW, max_buffer_bytes)  # set by the consumer (`sent`)
         self._pulled = False  # a generator producer: the read-ahead window applies
-        self._reserved = 0  # bytes reserved under the memory cap
+        self._reservation = Reservation()  # bytes reserved under the memory cap
         self._queued = False  # waiting in the cap's queue for a grant
         self._peak = 0  # the most bytes pending at once
         self._blocked = 0.0  # seconds the producer waited for room (blocked or parked)
@@ -156,6 +157,9 @@ class Channel:
         self._closed: StreamClosedError | None = None
         self._finished = False  # the handler was finished (write() must raise)
         self._detached = False  # the consumer is gone: calls can no longer be served
+        # Gives the reservation back: at `detach`, or when the channel is collected without
+        # one (its loop was closed under a parked producer: nothing else would ever do it).
+        self._leave = weakref.finalize(self, self._cap.leave, weakref.ref(self), self._reservation)
         # --- loop-owned ---
         self._waiter: asyncio.Future[None] | None = None
         #: Resumes the parked producer; set by the consumer (called on the loop thread).
@@ -165,7 +169,7 @@ class Channel:
         with self._lock:
             return (
                 f"<Channel {self.where} pending={self._pending}/{self._limit()} "
-                f"reserved={self._reserved} ops={len(self._ops)} "
+                f"reserved={self._reservation.nbytes} ops={len(self._ops)} "
                 f"closed={self._closed is not None} finished={self._finished} "
                 f"parked={self._parked}>"
             )
@@ -279,6 +283,8 @@ class Channel:
             # If the loop is gone, so is everyone who would care.
             with contextlib.suppress(StreamClosedError):
                 self._wake_consumer()
+        if self._loop.is_closed():
+            self._leave()  # no consumer will ever detach: give the cap its bytes back now
 
     def _order_flush(self) -> None:
         # Warning! Call with _lock held. A flush requested before a call or the end
@@ -327,27 +333,34 @@ class Channel:
 
     def _room(self) -> int:
         """
-        How many more bytes the producer may add (negative: it is over the limit).
+        How many more bytes the producer may add (negative: it must wait).
 
         Warning! Call with _lock held. Reserves under the memory cap what the stream holds
-        beyond its reservation (whatever the cap) and, unless it already waits in the cap's
-        queue, up to its limit: once per window, not per chunk.
+        and, unless it already waits in the cap's queue, up to its limit: once per window,
+        not per chunk. What the cap does not cover of what the stream already holds is
+        reserved all the same (*forced*: the bytes exist), and the producer must wait.
         """
         limit = self._limit()
-        force = self._pending - self._reserved
-        want = limit - max(self._pending, self._reserved)
-        if force > 0 or (want > 0 and not self._queued):
-            force = max(force, 0)
-            want = 0 if self._queued else max(want, 0)
-            got = self._cap.reserve(self, force, want)
-            self._reserved += got
-            self._queued = got < force + want
-        return min(limit, self._reserved) - self._pending
+        need = self._pending - self._reservation.nbytes
+        want = 0 if self._queued else limit - max(self._pending, self._reservation.nbytes)
+        if need <= 0 and want <= 0:
+            return min(limit, self._reservation.nbytes) - self._pending
+        ask = max(need, 0) + max(want, 0)
+        got = self._cap.reserve(self, 0, ask)
+        self._reservation.nbytes += got
+        self._queued = got < ask
+        short = self._pending - self._reservation.nbytes
+        if short > 0:
+            self._reservation.nbytes += self._cap.reserve(self, short, 0)
+            return -1
+        return min(limit, self._reservation.nbytes) - self._pending
 
     def _may_go_on(self) -> bool:
         # Warning! Call with _lock held. A stopped producer goes on once its client took half
         # of its limit, or everything if the cap allows it nothing more than it holds.
-        return self._pending <= min(self._limit(), self._reserved) // 2 or self._pending == 0
+        return (
+            self._pending <= min(self._limit(), self._reservation.nbytes) // 2 or self._pending == 0
+        )
 
     def _wait_for_budget(self) -> None:
         started = time.monotonic()
@@ -433,9 +446,9 @@ class Channel:
             # Keep the reservation up to the limit while streaming; give back what is not
             # held when other streams wait for bytes, so that they get their turn.
             keep = self._pending if self._cap.contended else max(self._pending, self._limit())
-            release = self._reserved - keep
+            release = self._reservation.nbytes - keep
             if release > 0:
-                self._reserved = keep
+                self._reservation.nbytes = keep
             resume = self._wake_producer()
         if release > 0:
             self._cap.release(release)
@@ -449,7 +462,7 @@ class Channel:
                 resume = False
             else:
                 give_back = 0
-                self._reserved += nbytes
+                self._reservation.nbytes += nbytes
                 self._queued = False
                 resume = self._wake_producer()
         if give_back:
@@ -527,9 +540,7 @@ class Channel:
             self._ops = []
             future = self._flush_future
             self._flush_future = None
-            reserved = self._reserved
-            self._reserved = 0
-        self._cap.leave(self, reserved)
+        self._leave()
         for op in ops:
             if isinstance(op, Call):
                 op.future.set_exception(StreamClosedError())

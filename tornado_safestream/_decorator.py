@@ -49,7 +49,7 @@ class _StreamOnExecutor:
         return (
             f"stream_on_executor(executor={options.executor!r}, "
             f"max_buffer_bytes={options.max_buffer_bytes}, "
-            f"stall_timeout={options.stall_timeout})"
+            f"stall_timeout={options.stall_timeout}, keep_thread={options.keep_thread})"
         )
 
     def __call__(self, method: _Body[_H, _P], /) -> _Streamer[_H, _P]:
@@ -113,6 +113,7 @@ def stream_on_executor(
     executor: str = ...,
     max_buffer_bytes: int = ...,
     stall_timeout: float | None = ...,
+    keep_thread: bool = ...,
 ) -> _StreamOnExecutor: ...
 
 
@@ -123,6 +124,7 @@ def stream_on_executor(
     executor: str = "executor",
     max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
     stall_timeout: float | None = None,
+    keep_thread: bool = False,
 ) -> _Streamer[_H, _P] | _StreamOnExecutor:
     """
     Run a `.SafeStreamMixin` handler method in an executor and stream what it produces.
@@ -140,8 +142,10 @@ def stream_on_executor(
 
     *Generator style*: a generator method that yields ``bytes``, ``bytearray``,
     ``memoryview`` or ``str`` (sent as UTF-8). Each chunk is sent as it is yielded. The
-    generator is pulled in the executor until ``max_buffer_bytes`` are pending, and no
-    thread is held while the client catches up.
+    generator is pulled in the executor a read-ahead at a time (at most
+    ``max_buffer_bytes``, less for a slow client), and no thread is held while the client
+    catches up: the generator may be resumed on another executor thread than the one it
+    parked on (never on two at once), unless ``keep_thread`` is set.
 
     If the client goes away, the producer's next ``write``/``flush`` raises
     `~tornado.iostream.StreamClosedError`, or the generator is closed (in the executor).
@@ -155,6 +159,15 @@ def stream_on_executor(
     :param stall_timeout: seconds the client may take no bytes at all before the stream is
         aborted (the producer then sees `~tornado.iostream.StreamClosedError`); ``None``,
         the default, waits for ever.
+    :param keep_thread: generator style: run the generator on one executor thread from its
+        first ``next()`` to its ``close()`` (its ``finally`` included), for thread-affine
+        resources (a `sqlite3` connection, Django's ORM, anything in a `threading.local`).
+        Such a stream holds its thread while its client is slow, as push style does.
+
+    .. versionchanged:: 0.2
+       Added ``keep_thread``. A generator's read-ahead now adapts to its client, with
+       ``max_buffer_bytes`` as its ceiling. Previously, every generator stream read ahead
+       ``max_buffer_bytes``.
     :raises TypeError: if the options are of the wrong type, or the decorated object is
         not a plain or generator function.
     :raises ValueError: if ``max_buffer_bytes`` or ``stall_timeout`` is not positive.
@@ -164,11 +177,13 @@ def stream_on_executor(
             f"@stream_on_executor decorates a handler method, not {method!r}; options are "
             "keyword-only: @stream_on_executor(executor=..., max_buffer_bytes=...)"
         )
-    decorator = _StreamOnExecutor(_options(executor, max_buffer_bytes, stall_timeout))
+    decorator = _StreamOnExecutor(_options(executor, max_buffer_bytes, stall_timeout, keep_thread))
     return decorator if method is None else decorator(method)
 
 
-def _options(executor: object, max_buffer_bytes: object, stall_timeout: object) -> Options:
+def _options(
+    executor: object, max_buffer_bytes: object, stall_timeout: object, keep_thread: object
+) -> Options:
     if not isinstance(executor, str) or not executor.isidentifier():
         raise TypeError(
             "stream_on_executor(executor=...) takes the name of the handler attribute that "
@@ -193,4 +208,8 @@ def _options(executor: object, max_buffer_bytes: object, stall_timeout: object) 
             raise ValueError(
                 f"stream_on_executor(stall_timeout=...) must be positive, not {stall_timeout}"
             )
-    return Options(executor, max_buffer_bytes, stall_timeout)
+    if not isinstance(keep_thread, bool):
+        raise TypeError(
+            f"stream_on_executor(keep_thread=...) takes True or False, not {keep_thread!r}"
+        )
+    return Options(executor, max_buffer_bytes, stall_timeout, keep_thread)

@@ -13,8 +13,9 @@ pulls each producer in turn for a short slice, first come first served.
 A producer that mostly waits (a database cursor, a network file system, ``time.sleep``)
 is not put in a lane: it gets an executor task of its own, as before, so that such producers
 wait in parallel, up to the executor's size. Which is which is measured (`Pacing`): the
-thread's CPU time against the wall-clock time of each pull. And if a runner is stuck in one
-slice (a producer that started blocking), the next producer added gets a runner of its own.
+thread's CPU time against the wall-clock time of each pull. And if the runners are stuck in
+one slice each (producers that started to wait), a watch on the loop starts another runner for
+the queue behind them, at most every `STUCK_SECONDS`.
 
 .. warning::
 
@@ -25,6 +26,7 @@ slice (a producer that started blocking), the next producer added gets a runner 
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import sys
@@ -109,6 +111,7 @@ class Lane:
         self._ready: collections.deque[Slice] = collections.deque()
         self._runners = 0
         self._busy_since: dict[int, float] = {}  # runner thread -> start of its slice
+        self._watching = False  # a timer will look for stuck runners
 
     def __repr__(self) -> str:
         with self._lock:
@@ -126,6 +129,8 @@ class Lane:
             start = self._runners < self._width or self._all_stuck()
             if start:
                 self._runners += 1
+            watch = not start and not self._watching
+            self._watching = self._watching or watch
         if start:
             try:
                 submit(self._run)
@@ -134,6 +139,26 @@ class Lane:
                     self._runners -= 1
                     self._ready.remove(work)
                 raise
+        elif watch:
+            # The runners are busy: if they stay in one slice (producers that started to
+            # wait), the queue must not wait behind them.
+            asyncio.get_running_loop().call_later(STUCK_SECONDS, self._watch, submit)
+
+    def _watch(self, submit: Submit) -> None:
+        # On the loop thread, STUCK_SECONDS after work was queued behind busy runners.
+        with self._lock:
+            start = bool(self._ready) and self._all_stuck()
+            if start:
+                self._runners += 1
+            self._watching = bool(self._ready) and not start
+        if start:
+            try:
+                submit(self._run)
+            except Exception:  # shut down: the busy runners take the queue when they are done
+                with self._lock:
+                    self._runners -= 1
+        elif self._watching:
+            asyncio.get_running_loop().call_later(STUCK_SECONDS, self._watch, submit)
 
     def _all_stuck(self) -> bool:
         # Warning! Call with _lock held.

@@ -29,9 +29,17 @@ from __future__ import annotations
 
 import collections
 import threading
+import weakref
 from typing import NamedTuple, Protocol
 
-__all__ = ("DEFAULT_MEMORY_CAP", "MemoryCap", "MemoryStats", "Reserver", "memory_cap")
+__all__ = (
+    "DEFAULT_MEMORY_CAP",
+    "MemoryCap",
+    "MemoryStats",
+    "Reservation",
+    "Reserver",
+    "memory_cap",
+)
 
 #: The default cap: see the README for the measurements behind it.
 DEFAULT_MEMORY_CAP = 256 * 1024 * 1024
@@ -59,6 +67,15 @@ class Reserver(Protocol):
         """``nbytes`` more are reserved for this stream (called with no lock of the cap's held)."""
 
 
+class Reservation:
+    """What one stream reserved; guarded by the stream's lock while the stream lives."""
+
+    __slots__ = ("nbytes",)
+
+    def __init__(self) -> None:
+        self.nbytes = 0
+
+
 class MemoryCap:
     """The shared budget. See the module docstring. Thread-safe."""
 
@@ -69,7 +86,11 @@ class MemoryCap:
         self._held = 0
         self._peak = 0
         self._streams = 0
-        self._waiters: collections.OrderedDict[Reserver, int] = collections.OrderedDict()
+        # Streams refused bytes, first come first served: weak references, so that a stream
+        # left behind (its loop closed under it) can be collected, and give its bytes back.
+        self._waiters: collections.OrderedDict[weakref.ref[Reserver], int] = (
+            collections.OrderedDict()
+        )
 
     def __repr__(self) -> str:
         stats = self.stats()
@@ -113,16 +134,17 @@ class MemoryCap:
 
         :return: the bytes reserved now (at least ``force``).
         """
+        key = weakref.ref(stream)
         with self._lock:
             self._held += force
             got = want
-            if self._limit is not None:
-                ahead = bool(self._waiters) and next(iter(self._waiters)) is not stream
+            if self._limit is not None and want > 0:
+                ahead = bool(self._waiters) and next(iter(self._waiters)) != key
                 got = 0 if ahead else max(0, min(want, self._limit - self._held))
                 if got < want:
-                    self._waiters[stream] = want - got
+                    self._waiters[key] = want - got
                 else:
-                    self._waiters.pop(stream, None)
+                    self._waiters.pop(key, None)
             self._held += got
             if self._held > self._peak:
                 self._peak = self._held
@@ -135,12 +157,17 @@ class MemoryCap:
             grants = self._grant()
         _deliver(grants)
 
-    def leave(self, stream: Reserver, nbytes: int) -> None:
-        """A stream ends, giving back the ``nbytes`` it reserved."""
+    def leave(self, stream: weakref.ref[Reserver], reservation: Reservation) -> None:
+        """
+        A stream ends (or was collected), giving back what it reserved.
+
+        Called once per stream, with no lock of the stream's held (its `weakref.finalize`).
+        """
         with self._lock:
             self._streams -= 1
             self._waiters.pop(stream, None)
-            self._held -= nbytes
+            self._held -= reservation.nbytes
+            reservation.nbytes = 0
             grants = self._grant()
         _deliver(grants)
 
@@ -156,13 +183,17 @@ class MemoryCap:
             )
             if free <= 0:
                 break
-            stream, want = next(iter(self._waiters.items()))
+            key, want = next(iter(self._waiters.items()))
+            stream = key()
+            if stream is None:  # collected: its finalizer gives its bytes back
+                del self._waiters[key]
+                continue
             got = min(want, free)
             self._held += got
             if got < want:
-                self._waiters[stream] = want - got
+                self._waiters[key] = want - got
             else:
-                del self._waiters[stream]
+                del self._waiters[key]
             grants.append((stream, got))
             if got < want:
                 break

@@ -90,11 +90,8 @@ class SafeStreamMixin(_HandlerBase):
        the socket), not an `asyncio.Future`.
     """
 
-    #: The figures of the handler's last stream (`.StreamStats`), once its producer ended:
-    #: readable in ``on_finish`` and in the application's ``log_function``; ``None`` before.
-    #: Loop-owned.
-    stream_stats: StreamStats | None = None
-
+    # Loop-owned: the figures of the handler's last stream, once it ended.
+    _safestream_stats: StreamStats | None = None
     # Loop-owned: the consumer of the stream this handler is running, if any.
     _safestream_consumer: Consumer | None = None
     # Loop-owned: the library's output path once it took the response's output over (see
@@ -163,6 +160,20 @@ class SafeStreamMixin(_HandlerBase):
         if channel is None:
             return self._safestream_finish(chunk)
         return channel.call("finish", () if chunk is None else (chunk,), {})  # type: ignore[no-any-return]
+
+    @property
+    def stream_stats(self) -> StreamStats | None:
+        """
+        The figures of the stream this handler runs or ran (`.StreamStats`), ``None`` before
+        a `.stream_on_executor` method was called: readable in ``on_finish`` and in the
+        application's ``log_function``. Read it on the IOLoop thread.
+
+        .. versionadded:: 0.2
+        """
+        consumer = self._safestream_consumer
+        if consumer is not None:
+            return consumer.stats()
+        return self._safestream_stats
 
     def on_connection_close(self) -> None:
         consumer = self._safestream_consumer

@@ -114,7 +114,7 @@ async def run_stream(
         error = await consumer.run()
     except BaseException as exc:  # cancelled: let the producer go
         handler._safestream_consumer = None
-        handler.stream_stats = consumer.stats()
+        handler._safestream_stats = consumer.stats()
         consumer.client_gone()
         if (
             handler._headers_written
@@ -130,7 +130,7 @@ async def run_stream(
         raise
     finally:
         handler._safestream_consumer = None
-    handler.stream_stats = consumer.stats()
+    handler._safestream_stats = consumer.stats()
     await _conclude(handler, consumer, error)
 
 
