@@ -116,5 +116,5 @@ def test_a_client_that_leaves_closes_the_generator_on_its_thread(
 
 def test_keep_thread_takes_a_bool() -> None:
     with pytest.raises(TypeError, match=r"keep_thread=\.\.\.\) takes True or False, not 'yes'"):
-        stream_on_executor(keep_thread="yes")  # type: ignore[arg-type]
+        stream_on_executor(keep_thread="yes")  # type: ignore[call-overload]
     assert "keep_thread=True" in repr(stream_on_executor(keep_thread=True))
