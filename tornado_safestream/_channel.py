@@ -387,6 +387,14 @@ class Channel:
             self._blocked += time.monotonic() - started
             self._raise_if_closed()
 
+    def call_soon(self, callback: Callable[[], None]) -> bool:
+        """Have the loop call ``callback`` (from any thread); ``False`` if the loop is closed."""
+        try:
+            self._loop.call_soon_threadsafe(callback)
+        except RuntimeError:
+            return False
+        return True
+
     def _wake_consumer(self) -> None:
         try:
             self._loop.call_soon_threadsafe(self.wake)

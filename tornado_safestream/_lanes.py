@@ -35,10 +35,14 @@ import time
 import weakref
 from typing import Callable
 
-__all__ = ("SLICE_SECONDS", "Lane", "Pacing", "lane_for")
+__all__ = ("OWN_TASK_SECONDS", "SLICE_SECONDS", "Lane", "Pacing", "lane_for")
 
 #: How long a runner pulls one producer before it takes the next one in the queue.
 SLICE_SECONDS = 0.002
+#: How long a producer's task of its own pulls before one that computes goes to the lane.
+OWN_TASK_SECONDS = 0.01
+#: How long a runner with nothing to do waits for more before it gives its thread back.
+LINGER_SECONDS = 0.005
 #: A runner busy with one slice for longer than this is stuck (its producer blocks): the
 #: next producer added gets a runner of its own.
 STUCK_SECONDS = 0.02
@@ -107,9 +111,13 @@ class Lane:
     def __init__(self, width: int) -> None:
         self._width = width
         self._lock = threading.Lock()
+        # A runner with nothing to do lingers here a moment for more: `add` wakes it instead of
+        # starting a new executor task.
+        self._more = threading.Condition(self._lock)
         # --- guarded by _lock ---
         self._ready: collections.deque[Slice] = collections.deque()
         self._runners = 0
+        self._lingering = 0
         self._busy_since: dict[int, float] = {}  # runner thread -> start of its slice
         self._watching = False  # a timer will look for stuck runners
 
@@ -126,7 +134,11 @@ class Lane:
         """
         with self._lock:
             self._ready.append(work)
-            start = self._runners < self._width or self._all_stuck()
+            if self._lingering:
+                self._more.notify()
+                start = False
+            else:
+                start = self._runners < self._width or self._all_stuck()
             if start:
                 self._runners += 1
             watch = not start and not self._watching
@@ -150,14 +162,16 @@ class Lane:
             start = bool(self._ready) and self._all_stuck()
             if start:
                 self._runners += 1
-            self._watching = bool(self._ready) and not start
+            # Watch on while work is queued: the new runner takes one item, and may get stuck.
+            self._watching = len(self._ready) > int(start)
+            watch = self._watching
         if start:
             try:
                 submit(self._run)
             except Exception:  # shut down: the busy runners take the queue when they are done
                 with self._lock:
                     self._runners -= 1
-        elif self._watching:
+        if watch:
             asyncio.get_running_loop().call_later(STUCK_SECONDS, self._watch, submit)
 
     def _all_stuck(self) -> bool:
@@ -172,6 +186,10 @@ class Lane:
         me = threading.get_ident()
         while True:
             with self._lock:
+                if not self._ready:
+                    self._lingering += 1
+                    self._more.wait(LINGER_SECONDS)
+                    self._lingering -= 1
                 if not self._ready:
                     self._runners -= 1
                     self._busy_since.pop(me, None)

@@ -27,7 +27,7 @@ from typing import Callable
 
 from ._channel import Channel, Put, producing
 from ._chunks import to_bytes
-from ._lanes import SLICE_SECONDS, Lane, Pacing
+from ._lanes import OWN_TASK_SECONDS, SLICE_SECONDS, Lane, Pacing
 
 __all__ = ("GeneratorProducer", "PushProducer", "Submit")
 
@@ -147,16 +147,30 @@ class GeneratorProducer:
         producing.channel = channel
         try:
             while True:
-                pulled = self._pull_timed(None, in_lane=False)
-                if pulled is not _Pulled.FULL:
+                deadline = None if self._lane is None else time.monotonic() + OWN_TASK_SECONDS
+                pulled = self._pull_timed(deadline, in_lane=False)
+                if pulled is _Pulled.OVER:
                     return
-                if self._keep_thread:
-                    channel.wait_for_room()  # then a closed stream closes the generator
-                elif channel.park():
+                if pulled is _Pulled.FULL:
+                    if self._keep_thread:
+                        channel.wait_for_room()  # then a closed stream closes the generator
+                        continue
+                    if channel.park():
+                        return
+                # The budget freed up before we could park, or the task ran for a while: a
+                # producer that computes goes on in the lane, one that waits in this thread.
+                if self._pacing.computes and channel.call_soon(self._to_lane):
                     return
-                # The budget freed up before we could park: pull on in this thread.
         finally:
             producing.channel = None
+
+    def _to_lane(self) -> None:
+        # On the loop thread: the task that called this let go of the generator.
+        assert self._lane is not None
+        try:
+            self._lane.add(self._slice, self._submit)
+        except Exception as error:  # the executor was shut down
+            self._channel.end(error)
 
     def _slice(self) -> bool:
         """One slice in a lane's runner; ``True``: queue another one."""
