@@ -36,7 +36,7 @@ from tornado.web import HTTPError, StaticFileHandler
 from ._channel import producing
 from ._decorator import DEFAULT_MAX_BUFFER_BYTES
 from ._mixin import SafeStreamMixin
-from ._sendfile import FileRange, can_send_file
+from ._sendfile import FileRange, FileShrankError, can_send_file
 from ._stream import Options, run_stream
 from ._waiting import POLL_SECONDS
 
@@ -450,16 +450,6 @@ def _read_file(
             yield chunk
     finally:
         os.close(fd)  # here, in the executor: also when the client left (GeneratorExit)
-
-
-class FileShrankError(OSError):
-    """A static file ended before the ``Content-Length`` already promised."""
-
-    def __init__(self, path: str, sent: int, length: int) -> None:
-        super().__init__(
-            f"{path} ended after {sent} of the {length} bytes its response promised (the file "
-            "shrank while it was being sent): response cut short"
-        )
 
 
 def _check_options(cls: type[SafeStaticFileHandler]) -> Options:
