@@ -231,7 +231,7 @@ class Consumer:
             chunk_size = min(self._channel.max_buffer_bytes, PIECE_BYTES)
             while left and not self.aborted and not handler._finished:
                 read = functools.partial(os.pread, piece.fd, min(left, chunk_size), offset)
-                chunk = await offload(read)
+                chunk = await piece.run(offload, read)
                 if not chunk:
                     raise FileShrankError(piece.name, piece.count - left, piece.count)
                 offset += len(chunk)

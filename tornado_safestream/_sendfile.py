@@ -110,10 +110,12 @@ class FileRange:
 
     It holds its own duplicate of the descriptor, owned by whoever holds the range: the
     producer until it yields it, then the channel and the consumer, which `close` it once
-    sent or dropped.
+    sent or dropped. Once the consumer has it, it is loop-owned, and `run` is how a task
+    in the executor uses the descriptor: a `close` while one runs (the stream cancelled
+    under it) waits for it to end.
     """
 
-    __slots__ = ("count", "fd", "name", "offset")
+    __slots__ = ("_busy", "count", "fd", "name", "offset")
 
     def __init__(self, fd: int, offset: int, count: int, name: str) -> None:
         if offset < 0 or count < 0:
@@ -122,6 +124,7 @@ class FileRange:
         self.offset = offset
         self.count = count
         self.name = name
+        self._busy: asyncio.Future[object] | None = None  # loop-owned: a task using fd
 
     def __repr__(self) -> str:
         return f"<FileRange {self.name} offset={self.offset} count={self.count} fd={self.fd}>"
@@ -130,7 +133,26 @@ class FileRange:
         """Close the descriptor (idempotent). A read-only descriptor's close does no I/O."""
         fd, self.fd = self.fd, -1
         if fd >= 0:
-            os.close(fd)
+            _close_after(self._busy, fd)
+
+    async def run(self, offload: Offload, fn: Callable[[], _T]) -> _T:
+        """On the loop: run ``fn`` (which uses `fd`) in the executor, and return its result."""
+        future = asyncio.ensure_future(offload(fn))
+        self._busy = future  # type: ignore[assignment]
+        try:
+            # Shielded: cancelled, we stop waiting, but the task still has the descriptor.
+            return await asyncio.shield(future)
+        finally:
+            if future.done():
+                self._busy = None
+
+
+def _close_after(busy: asyncio.Future[object] | None, fd: int) -> None:
+    """Close ``fd`` now, or once the executor task ``busy`` that uses it is done."""
+    if busy is None or busy.done():
+        os.close(fd)
+    else:
+        busy.add_done_callback(lambda _: os.close(fd))
 
 
 def can_send_file(handler: RequestHandler) -> bool:
@@ -199,7 +221,7 @@ async def send_range(
             want = min(piece.count - sent, BURST_BYTES)
             burst = functools.partial(_burst, out, piece.fd, piece.offset + sent, want)
             try:
-                count, end_of_file = await offload(burst)
+                count, end_of_file = await piece.run(offload, burst)
             except OSError as error:
                 if error.errno in _GONE:
                     raise StreamClosedError(real_error=error) from None
@@ -226,7 +248,7 @@ async def send_range(
                     raise StreamClosedError()
         return sent
     finally:
-        os.close(out)
+        _close_after(piece._busy, out)  # a burst may still be running if we were cancelled
 
 
 def _burst(out: int, fd: int, offset: int, count: int) -> tuple[int, bool]:
