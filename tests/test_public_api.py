@@ -7,6 +7,7 @@ import types
 from pathlib import Path
 
 import pytest
+from tornado.web import StaticFileHandler
 
 import tornado_safestream
 
@@ -19,6 +20,8 @@ API_NAMES = (
     "disable_thread_assertions",
     "thread_assertions",
     "__version__",
+    # Added in 0.2
+    "SafeStaticFileHandler",
 )
 #: the names issue 2 builds (the rest come with assertion mode)
 ENGINE_NAMES = ("SafeStreamMixin", "stream_on_executor", "__version__")
@@ -58,7 +61,7 @@ class TestPublicApi:
         assert public <= set(tornado_safestream.__all__), public - set(tornado_safestream.__all__)
 
     def test_objects_come_from_the_package(self) -> None:
-        for name in ("SafeStreamMixin", "stream_on_executor"):
+        for name in ("SafeStreamMixin", "stream_on_executor", "SafeStaticFileHandler"):
             module = getattr(tornado_safestream, name).__module__
             assert module.split(".")[0] == "tornado_safestream", (name, module)
 
@@ -75,3 +78,10 @@ class TestPublicApi:
         error_class = vars(tornado_safestream)["WrongThreadError"]
         assert isinstance(error_class, type)
         assert issubclass(error_class, RuntimeError)
+
+    def test_safe_static_file_handler_is_a_static_file_handler(self) -> None:
+        handler_class = tornado_safestream.SafeStaticFileHandler
+        assert issubclass(handler_class, StaticFileHandler)
+        assert handler_class.executor is None
+        assert isinstance(handler_class.max_buffer_bytes, int)
+        assert callable(handler_class.reset)

@@ -13,6 +13,7 @@ pytest plugin) makes any call to Tornado from the wrong thread raise `WrongThrea
 from __future__ import annotations
 
 __all__ = (
+    "SafeStaticFileHandler",
     "SafeStreamMixin",
     "WrongThreadError",
     "__version__",
@@ -28,5 +29,6 @@ from ._assertions import thread_assertions as thread_assertions
 from ._decorator import stream_on_executor as stream_on_executor
 from ._errors import WrongThreadError as WrongThreadError
 from ._mixin import SafeStreamMixin as SafeStreamMixin
+from ._static import SafeStaticFileHandler as SafeStaticFileHandler
 
 __version__ = "0.1.0"

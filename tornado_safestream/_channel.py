@@ -12,6 +12,8 @@ What goes through it, in the order the producer made it:
 - `FLUSH`: a ``flush()`` the producer asked for before a call or the end.
 - `Call`: any other response method; the producer waits for its result.
 - `End`: the producer is done (with its exception, if it raised).
+- `.FileRange`: a range of a file, sent without reading it (see `._sendfile`); it holds the
+  whole budget until the consumer has sent it.
 
 The budget: ``pending`` counts the bytes the producer wrote that are not yet handed to the
 socket. Its limit is ``max_buffer_bytes`` for a push producer, and the stream's read-ahead
@@ -49,6 +51,7 @@ from tornado.iostream import StreamClosedError
 
 from ._memory import Reservation, memory_cap
 from ._readahead import START_WINDOW
+from ._sendfile import FileRange
 from ._waiting import POLL_SECONDS, ProducerFuture
 
 __all__ = ("FLUSH", "Call", "Channel", "End", "Op", "Put", "producing")
@@ -95,7 +98,7 @@ class End:
         return f"<End error={self.error!r}>"
 
 
-Op = Union[bytes, Call, End, _Marker]
+Op = Union[bytes, Call, End, _Marker, FileRange]
 
 
 class Put(enum.Enum):
@@ -236,6 +239,46 @@ class Channel:
         if wake:
             self._wake_consumer()
         return Put.FULL if full else Put.MORE
+
+    def put_range(self, piece: FileRange) -> Put:
+        """
+        Queue a file range (a generator yielded it); never blocks. The channel owns it from
+        now on: the consumer closes it once sent, or it is closed here if it can't be queued.
+
+        It counts as the whole budget until the consumer has sent it: the producer parks.
+        """
+        with self._lock:
+            closed = self._closed is not None
+            finished = self._finished
+            if not closed and not finished:
+                self._ops.append(piece)
+                self._pending += self.max_buffer_bytes
+                self._flush_requested = True
+                wake = self._consumer_idle
+                self._consumer_idle = False
+        if closed or finished:
+            piece.close()
+            if closed:
+                return Put.CLOSED
+            raise RuntimeError(
+                f"Cannot write() after finish(): {self.where}() yielded a file range after "
+                "the response was finished"
+            )
+        if wake:
+            self._wake_consumer()
+        return Put.FULL
+
+    def hold(self, nbytes: int) -> None:
+        """
+        The consumer holds ``nbytes`` more for this stream (the loop side: a file range read
+        into memory, when it can't be sent from the file): counted as pending, and under
+        the memory cap, until `sent`.
+        """
+        with self._lock:
+            self._pending += nbytes
+            if self._pending > self._peak:
+                self._peak = self._pending
+            self._room()
 
     def park(self) -> bool:
         """
@@ -552,5 +595,7 @@ class Channel:
         for op in ops:
             if isinstance(op, Call):
                 op.future.set_exception(StreamClosedError())
+            elif isinstance(op, FileRange):
+                op.close()
         if future is not None:
             future.set_exception(StreamClosedError())

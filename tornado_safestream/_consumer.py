@@ -7,6 +7,9 @@ the handler's buffer, then one ``flush()``, awaited before the next. (Tornado's
 is pending would leave the first pending for ever.) The producer wakes it only when it is
 idle, so a fast producer costs one loop wake-up per batch, not per chunk.
 
+A `.FileRange` in the channel is sent by `._sendfile.send_range` (``sendfile`` bursts in the
+executor) where the connection allows it, else read in the executor and written here.
+
 .. warning::
 
    Everything here runs on the IOLoop thread, and every attribute is loop-owned.
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
+import os
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -24,8 +29,9 @@ from tornado.log import app_log
 
 from ._calls import FLUSHING_METHODS
 from ._channel import FLUSH, Call, Channel, End, Op
-from ._output import take_over
+from ._output import PIECE_BYTES, take_over
 from ._readahead import ReadAhead
+from ._sendfile import FileRange, FileShrankError, Offload, send_range
 from ._stats import StreamStats
 
 if TYPE_CHECKING:
@@ -49,6 +55,7 @@ class Consumer:
     :param resume: submits a task that resumes a parked producer; may raise if the
         executor was shut down.
     :param stall_timeout: seconds a flush may make no progress before the stream is aborted.
+    :param offload: runs a function in the stream's executor (for `.FileRange` pieces).
     """
 
     def __init__(
@@ -58,6 +65,8 @@ class Consumer:
         base: Any,
         resume: Callable[[], None],
         stall_timeout: float | None,
+        *,
+        offload: Offload | None = None,
     ) -> None:
         self._channel = channel
         self._handler = handler
@@ -71,6 +80,8 @@ class Consumer:
         self._waited = 0.0  # seconds spent waiting for the producer
         self._bytes = 0  # body bytes handed to the handler
         channel.on_resume = self._resume
+        self._offload = offload
+        self._stop: asyncio.Future[None] | None = None  # done once aborted (for send_range)
         #: The consumer itself is calling the handler (its methods may call each other).
         self.calling = False
         #: The stream can carry no more bytes (client gone, or `failure`).
@@ -154,6 +165,9 @@ class Consumer:
             elif type(op) is Call:
                 await self._execute(op)
                 discard = self.aborted or handler._finished
+            elif type(op) is FileRange:
+                await self._send_range(op, discard)
+                discard = self.aborted or handler._finished
             else:
                 assert type(op) is End, op
                 end = op
@@ -193,6 +207,8 @@ class Consumer:
                 self.failure = error
             closed = StreamClosedError(real_error=error)
         self.aborted = True
+        if self._stop is not None and not self._stop.done():
+            self._stop.set_result(None)
         if self._channel.close(closed):
             self._resume()
 
@@ -203,6 +219,43 @@ class Consumer:
             self._lost = error
             self._abort(error)
             self._channel.wake()  # run() may be waiting for a producer that won't come
+
+    async def _send_range(self, piece: FileRange, discard: bool) -> None:
+        """
+        Send a file range: with ``sendfile`` where the connection allows it, else read in the
+        executor and written here. It held the whole budget: freed once it is sent.
+        """
+        handler = self._handler
+        offset, left = piece.offset, piece.count
+        try:
+            if discard or not left:
+                return
+            await self._flush()  # what came before it (the headers): written first
+            offload = self._offload
+            if offload is None:
+                raise RuntimeError(f"{self.where}(): a file range needs an executor to read it")
+            if self._stop is None:
+                self._stop = asyncio.get_running_loop().create_future()
+            if not self.aborted and not handler._finished:
+                sent = await send_range(handler, piece, offload, self._stop)
+                offset += sent
+                left -= sent
+            chunk_size = min(self._channel.max_buffer_bytes, PIECE_BYTES)
+            while left and not self.aborted and not handler._finished:
+                read = functools.partial(os.pread, piece.fd, min(left, chunk_size), offset)
+                chunk = await piece.run(offload, read)
+                if not chunk:
+                    raise FileShrankError(piece.name, piece.count - left, piece.count)
+                offset += len(chunk)
+                left -= len(chunk)
+                self._channel.hold(len(chunk))  # read into memory: the budget counts it
+                self._write([chunk], False)
+                await self._flush()
+        except Exception as error:
+            self._abort(error)
+        finally:
+            piece.close()
+            self._sent(self._channel.max_buffer_bytes)
 
     def _sent(self, nbytes: int, window: int | None = None) -> None:
         if self._channel.sent(nbytes, window):
@@ -345,6 +398,8 @@ def _fail_untaken(ops: list[Op], future: concurrent.futures.Future[None] | None)
     for op in ops:
         if type(op) is Call and not op.future.done():
             op.future.set_exception(StreamClosedError())
+        elif type(op) is FileRange:
+            op.close()
     if future is not None and not future.done():
         future.set_exception(StreamClosedError())
 

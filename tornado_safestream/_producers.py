@@ -28,6 +28,7 @@ from typing import Callable
 from ._channel import Channel, Put, producing
 from ._chunks import to_bytes
 from ._lanes import OWN_TASK_SECONDS, SLICE_SECONDS, Lane, Pacing
+from ._sendfile import FileRange
 
 __all__ = ("GeneratorProducer", "PushProducer", "Submit")
 
@@ -210,7 +211,10 @@ class GeneratorProducer:
                 channel.end(error)
                 return _Pulled.OVER
             try:
-                state = channel.put(to_bytes(chunk, where))
+                if type(chunk) is FileRange:  # sent without reading it (see _sendfile)
+                    state = channel.put_range(chunk)
+                else:
+                    state = channel.put(to_bytes(chunk, where))
             except BaseException as error:  # a bad chunk, or a yield after finish()
                 self._close(error)
                 return _Pulled.OVER

@@ -25,7 +25,7 @@ import concurrent.futures.thread
 import contextlib
 import contextvars
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log
@@ -38,6 +38,8 @@ from ._mixin import SafeStreamMixin
 from ._producers import GeneratorProducer, PushProducer
 
 __all__ = ("Options", "run_stream")
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,17 @@ async def run_stream(
         )
     else:
         producer = PushProducer(channel, lambda: method(handler, *args, **kwargs), context, submit)
+
+    def offload(fn: Callable[[], _T]) -> asyncio.Future[_T]:
+        return loop.run_in_executor(executor, fn)
+
     consumer = Consumer(
-        channel, handler, super(SafeStreamMixin, handler), producer.resume, options.stall_timeout
+        channel,
+        handler,
+        super(SafeStreamMixin, handler),
+        producer.resume,
+        options.stall_timeout,
+        offload=offload,
     )
     try:
         producer.start()
