@@ -19,8 +19,12 @@ API_NAMES = (
     "disable_thread_assertions",
     "thread_assertions",
     "__version__",
+    # Added in 0.2
+    "SafeWebSocketMixin",
+    "broadcast",
+    "BroadcastResult",
 )
-#: the names issue 2 builds (the rest come with assertion mode)
+#: the names of the streaming engine (the rest come with assertion mode and WebSockets)
 ENGINE_NAMES = ("SafeStreamMixin", "stream_on_executor", "__version__")
 
 assertion_mode_missing = pytest.mark.skipif(
@@ -58,7 +62,7 @@ class TestPublicApi:
         assert public <= set(tornado_safestream.__all__), public - set(tornado_safestream.__all__)
 
     def test_objects_come_from_the_package(self) -> None:
-        for name in ("SafeStreamMixin", "stream_on_executor"):
+        for name in ("SafeStreamMixin", "stream_on_executor", "SafeWebSocketMixin", "broadcast"):
             module = getattr(tornado_safestream, name).__module__
             assert module.split(".")[0] == "tornado_safestream", (name, module)
 
@@ -75,3 +79,9 @@ class TestPublicApi:
         error_class = vars(tornado_safestream)["WrongThreadError"]
         assert isinstance(error_class, type)
         assert issubclass(error_class, RuntimeError)
+
+    def test_broadcast_result_is_a_named_tuple_of_counts(self) -> None:
+        result = tornado_safestream.BroadcastResult(sent=3, dropped=1, closed=2)
+        assert isinstance(result, tuple)
+        assert result._fields == ("sent", "dropped", "closed")
+        assert tuple(result) == (3, 1, 2)

@@ -12,6 +12,8 @@ What goes through it, in the order the producer made it:
 - `FLUSH`: a ``flush()`` the producer asked for before a call or the end.
 - `Call`: any other response method; the producer waits for its result.
 - `End`: the producer is done (with its exception, if it raised).
+- `Item`: something a consumer other than the response's carries out (a WebSocket message,
+  see `._websocket`), queued with `Channel.offer`, which never lets it exceed the budget.
 
 The budget: ``pending`` counts the bytes the producer wrote that are not yet handed to the
 socket. A push producer blocks while it is over ``max_buffer_bytes``; a generator producer
@@ -37,13 +39,14 @@ import concurrent.futures
 import contextlib
 import enum
 import threading
+import time
 from typing import Any, Union
 
 from tornado.iostream import StreamClosedError
 
 from ._waiting import POLL_SECONDS, ProducerFuture
 
-__all__ = ("FLUSH", "Call", "Channel", "End", "Op", "Put", "producing")
+__all__ = ("FLUSH", "Call", "Channel", "End", "Item", "Offer", "Op", "Put", "producing")
 
 
 class _Marker:
@@ -87,7 +90,29 @@ class End:
         return f"<End error={self.error!r}>"
 
 
-Op = Union[bytes, Call, End, _Marker]
+class Item:
+    """
+    Base of what a consumer other than the response's carries out (`Channel.offer`).
+
+    ``nbytes`` count against the budget from `Channel.offer` until the consumer's
+    `Channel.sent`. Immutable once offered: the same item may be offered to many channels.
+    """
+
+    __slots__ = ("nbytes",)
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+
+Op = Union[bytes, Call, End, _Marker, Item]
+
+
+class Offer(enum.Enum):
+    """The outcome of `Channel.offer`."""
+
+    QUEUED = "queued"  #: queued; the consumer is awake and will see it
+    WAKE = "wake"  #: queued; the consumer is idle: wake it (`Channel.wake_soon`, or `wake`)
+    FULL = "full"  #: not queued: it does not fit in the budget (in time)
 
 
 class Put(enum.Enum):
@@ -253,6 +278,62 @@ class Channel:
             # If the loop is gone, so is everyone who would care.
             with contextlib.suppress(StreamClosedError):
                 self._wake_consumer()
+
+    def offer(
+        self, item: Item, *, wait: bool = False, timeout: float | None = None, force: bool = False
+    ) -> Offer:
+        """
+        Queue ``item`` if it fits: if its ``nbytes`` added to the pending bytes stay within
+        the budget, or nothing is pending (an item bigger than the budget goes alone), or it
+        has no bytes (a control item). Unlike `write`, the budget is never exceeded.
+
+        Never wakes the consumer: on `Offer.WAKE` the caller does, so that one wake-up can
+        serve many channels of a loop.
+
+        :param wait: block while it does not fit, up to ``timeout`` seconds (``None``: as
+            long as it takes); without it, or once the time is up, return `Offer.FULL`.
+        :param force: queue it even over the budget (for the loop thread, which must not
+            wait).
+        :raises StreamClosedError: if the stream is closed, or its loop, also while waiting.
+        """
+        nbytes = item.nbytes
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while True:
+                self._raise_if_closed()
+                pending = self._pending
+                if force or not nbytes or not pending or pending + nbytes <= self.max_buffer_bytes:
+                    break
+                if not wait:
+                    return Offer.FULL
+                left = POLL_SECONDS if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    return Offer.FULL
+                self._budget.wait(min(left, POLL_SECONDS))  # then: is the loop closed?
+            self._ops.append(item)
+            self._pending += nbytes
+            wake = self._consumer_idle
+            self._consumer_idle = False
+        return Offer.WAKE if wake else Offer.QUEUED
+
+    def wake_soon(self) -> None:
+        """
+        Wake the consumer, from any thread, after `Offer.WAKE`.
+
+        :raises StreamClosedError: if the loop is closed (the channel is then closed).
+        """
+        self._wake_consumer()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the consumer runs on."""
+        return self._loop
+
+    @property
+    def pending(self) -> int:
+        """The bytes queued or being sent, not yet handed to the socket."""
+        with self._lock:
+            return self._pending
 
     def _order_flush(self) -> None:
         # Warning! Call with _lock held. A flush requested before a call or the end

@@ -67,4 +67,8 @@ class ProducerFuture(concurrent.futures.Future[None]):
             concurrent.futures.wait([self], min(left, POLL_SECONDS))
             if not self.done() and self._loop.is_closed():
                 with contextlib.suppress(concurrent.futures.InvalidStateError):
-                    self.set_exception(StreamClosedError())
+                    self.set_exception(self._closed_error())
+
+    def _closed_error(self) -> BaseException:
+        """What the future fails with once its loop is closed (subclasses may say otherwise)."""
+        return StreamClosedError()
