@@ -7,16 +7,18 @@ Every wait has a timeout; every loop is bounded.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import queue
 import socket
 import struct
 import threading
+import time
 from typing import Any
 
 from helpers import TIMEOUT, Recorder
-from tornado.websocket import WebSocketHandler
+from tornado.websocket import WebSocketClientConnection, WebSocketHandler
 
 from tornado_safestream import SafeWebSocketMixin
 
@@ -187,16 +189,22 @@ class Sender:
         settle of these tests, as `helpers.Progress.wait_stable` (no event exists for
         "blocked inside the library"); bounded by ``timeout``.
         """
-        deadline = timeout
+        deadline = time.monotonic() + timeout
         with self._cond:
-            for _ in range(int(timeout / quiet) + 2):
+            while time.monotonic() < deadline:
                 before = self.sent
                 if not self.thread.is_alive():
                     return before
-                self._cond.wait(quiet)
+                self._cond.wait(quiet)  # back early on progress
                 if self.sent == before:
                     return before
-                deadline -= quiet
-                if deadline < 0:
-                    break
-        raise AssertionError(f"{self.thread.name} never stopped advancing")
+        raise AssertionError(f"{self.thread.name} never stopped advancing in {timeout} s")
+
+
+async def close_client(connection: WebSocketClientConnection) -> None:
+    """Close a Tornado client and wait until its connection is closed (bounded)."""
+    connection.close()
+    for _ in range(1_000_000):
+        if await asyncio.wait_for(connection.read_message(), TIMEOUT) is None:
+            return
+    raise AssertionError("the client kept receiving after close()")
