@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import gc
 import hashlib
 import json
 import queue
@@ -591,4 +592,12 @@ class TestLifecycle:
             with pytest.raises(WebSocketClosedError):
                 feed.write_message("the loop is closed")
             client.close(reset=True)
+            # What the abandoned loop leaves behind is the test's to clean up, here and now:
+            # the server's side of the connection, and the loop's pending tasks (asyncio logs
+            # "Task was destroyed but it is pending!" as they are collected).
+            protocol = feed.ws_connection
+            assert protocol is not None and protocol.stream is not None
+            protocol.stream.socket.close()
+        del feed, protocol, sender, loop, opened
+        gc.collect()
         assert not [r for r in logs.records if "never retrieved" in r.getMessage()]
