@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
@@ -17,6 +18,8 @@ from helpers import (
     make_app,
 )
 from hypothesis import Phase, settings
+
+from tornado_safestream.memory import memory_stats
 
 # Property tests: "ci" (bounded, reproducible, no example database) is what a plain `pytest`
 # runs; "soak" explores: `pytest --hypothesis-profile=soak tests/test_properties.py`.
@@ -116,3 +119,12 @@ def fast_thread_switching() -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(old)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_stream_left_in_the_memory_cap() -> Iterator[None]:
+    """Every stream of the run gave its bytes back to the process-wide cap, and left it."""
+    yield
+    gc.collect()  # streams left behind on closed loops give their bytes back when collected
+    stats = memory_stats()
+    assert (stats.held, stats.streams, stats.waiting) == (0, 0, 0), stats

@@ -22,8 +22,11 @@ API_NAMES = (
     "__version__",
     # Added in 0.2
     "SafeStaticFileHandler",
+    "SafeWebSocketMixin",
+    "broadcast",
+    "BroadcastResult",
 )
-#: the names issue 2 builds (the rest come with assertion mode)
+#: the names of the streaming engine (the rest come with assertion mode and WebSockets)
 ENGINE_NAMES = ("SafeStreamMixin", "stream_on_executor", "__version__")
 
 assertion_mode_missing = pytest.mark.skipif(
@@ -61,7 +64,13 @@ class TestPublicApi:
         assert public <= set(tornado_safestream.__all__), public - set(tornado_safestream.__all__)
 
     def test_objects_come_from_the_package(self) -> None:
-        for name in ("SafeStreamMixin", "stream_on_executor", "SafeStaticFileHandler"):
+        for name in (
+            "SafeStreamMixin",
+            "stream_on_executor",
+            "SafeStaticFileHandler",
+            "SafeWebSocketMixin",
+            "broadcast",
+        ):
             module = getattr(tornado_safestream, name).__module__
             assert module.split(".")[0] == "tornado_safestream", (name, module)
 
@@ -85,3 +94,9 @@ class TestPublicApi:
         assert handler_class.executor is None
         assert isinstance(handler_class.max_buffer_bytes, int)
         assert callable(handler_class.reset)
+
+    def test_broadcast_result_is_a_named_tuple_of_counts(self) -> None:
+        result = tornado_safestream.BroadcastResult(sent=3, dropped=1, closed=2)
+        assert isinstance(result, tuple)
+        assert result._fields == ("sent", "dropped", "closed")
+        assert tuple(result) == (3, 1, 2)

@@ -6,6 +6,9 @@ Tornado's `~tornado.web.RequestHandler` may only be used on its IOLoop's thread.
 writes (push style) or yields (generator style) its response there, while every
 ``write``/``flush`` is done on the loop, in order, with backpressure.
 
+`SafeWebSocketMixin` and `broadcast` do the same for WebSocket messages: any thread may
+send, in order, with a bounded queue per connection and a policy for slow clients.
+
 Assertion mode (`enable_thread_assertions`, `thread_assertions`, and the ``safestream``
 pytest plugin) makes any call to Tornado from the wrong thread raise `WrongThreadError`.
 """
@@ -13,10 +16,13 @@ pytest plugin) makes any call to Tornado from the wrong thread raise `WrongThrea
 from __future__ import annotations
 
 __all__ = (
+    "BroadcastResult",
     "SafeStaticFileHandler",
     "SafeStreamMixin",
+    "SafeWebSocketMixin",
     "WrongThreadError",
     "__version__",
+    "broadcast",
     "disable_thread_assertions",
     "enable_thread_assertions",
     "stream_on_executor",
@@ -26,9 +32,12 @@ __all__ = (
 from ._assertions import disable_thread_assertions as disable_thread_assertions
 from ._assertions import enable_thread_assertions as enable_thread_assertions
 from ._assertions import thread_assertions as thread_assertions
+from ._broadcast import BroadcastResult as BroadcastResult
+from ._broadcast import broadcast as broadcast
 from ._decorator import stream_on_executor as stream_on_executor
 from ._errors import WrongThreadError as WrongThreadError
 from ._mixin import SafeStreamMixin as SafeStreamMixin
 from ._static import SafeStaticFileHandler as SafeStaticFileHandler
+from ._websocket import SafeWebSocketMixin as SafeWebSocketMixin
 
 __version__ = "0.1.0"

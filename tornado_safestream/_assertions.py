@@ -8,8 +8,9 @@ Disabled, Tornado's own functions are back on the classes: no cost at all.
 
 An object whose IOLoop is not running is not checked (nobody can race it), and neither is
 `~tornado.ioloop.IOLoop.add_callback`, Tornado's one thread-safe entry point. Calls that a
-`.SafeStreamMixin` handler forwards from its producer never reach Tornado's methods: they
-are carried out on the loop.
+`.SafeStreamMixin` handler forwards from its producer, and a `.SafeWebSocketMixin`
+handler's sends from other threads, never reach Tornado's methods: they are carried out on
+the loop.
 
 Every violation is also recorded (the newest `_RECORD_SIZE`), so that a test can fail even
 where the code under test swallowed the exception.
@@ -72,6 +73,11 @@ _IOLOOP_METHODS = (
     "add_future",
     "spawn_callback",
 )
+#: WebSocketHandler's sending methods (after the upgrade it has no response methods left).
+_WEBSOCKET_HANDLER_METHODS = ("write_message", "close", "ping")
+#: What writes to the connection in the protocol (``_write_frame``: every frame, pongs too).
+_WEBSOCKET_PROTOCOL_METHODS = ("write_message", "write_ping", "close", "_write_frame")
+_WEBSOCKET_CLIENT_METHODS = ("write_message", "read_message", "close", "ping")
 _RECORD_SIZE = 256
 
 _running_loop = asyncio._get_running_loop  # no exception when there is none
@@ -115,6 +121,21 @@ def _handler_loop(handler: Any) -> asyncio.AbstractEventLoop | None:
         return None
 
 
+def _websocket_handler_loop(handler: Any) -> asyncio.AbstractEventLoop | None:
+    # After the upgrade the request's connection is detached: the stream is the protocol's.
+    try:
+        return handler.ws_connection.stream.io_loop.asyncio_loop  # type: ignore[no-any-return]
+    except AttributeError:
+        return _handler_loop(handler)
+
+
+def _websocket_client_loop(client: Any) -> asyncio.AbstractEventLoop | None:
+    try:
+        return client.io_loop.asyncio_loop  # type: ignore[no-any-return]
+    except AttributeError:
+        return None
+
+
 def _ioloop_loop(io_loop: Any) -> asyncio.AbstractEventLoop | None:
     try:
         return io_loop.asyncio_loop  # type: ignore[no-any-return]
@@ -133,7 +154,7 @@ def _wrong_thread(loop: asyncio.AbstractEventLoop) -> bool:
 
 
 def _targets() -> list[_Target]:
-    from tornado import http1connection, ioloop, iostream, web
+    from tornado import http1connection, ioloop, iostream, web, websocket
     from tornado.platform import asyncio as tornado_asyncio
 
     def fixed(name: str) -> Callable[[object], str]:
@@ -168,6 +189,24 @@ def _targets() -> list[_Target]:
         _connection_loop,
     )
     add([web.RequestHandler], RESPONSE_METHODS, fixed("RequestHandler"), _handler_loop)
+    add(
+        [websocket.WebSocketHandler],
+        _WEBSOCKET_HANDLER_METHODS,
+        fixed("WebSocketHandler"),
+        _websocket_handler_loop,
+    )
+    add(
+        [websocket.WebSocketProtocol13],
+        _WEBSOCKET_PROTOCOL_METHODS,
+        own_class,
+        _connection_loop,  # a protocol has a ``stream`` too (None before the upgrade)
+    )
+    add(
+        [websocket.WebSocketClientConnection],
+        _WEBSOCKET_CLIENT_METHODS,
+        fixed("WebSocketClientConnection"),
+        _websocket_client_loop,
+    )
     add(
         [ioloop.IOLoop, tornado_asyncio.BaseAsyncIOLoop],
         _IOLOOP_METHODS,

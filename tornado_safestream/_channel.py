@@ -14,6 +14,8 @@ What goes through it, in the order the producer made it:
 - `End`: the producer is done (with its exception, if it raised).
 - `.FileRange`: a range of a file, sent without reading it (see `._sendfile`); it holds the
   whole budget until the consumer has sent it.
+- `Item`: something a consumer other than the response's carries out (a WebSocket message,
+  see `._websocket`), queued with `Channel.offer`, which never lets it exceed the budget.
 
 The budget: ``pending`` counts the bytes the producer wrote that are not yet handed to the
 socket. Its limit is ``max_buffer_bytes`` for a push producer, and the stream's read-ahead
@@ -54,7 +56,7 @@ from ._readahead import START_WINDOW
 from ._sendfile import FileRange
 from ._waiting import POLL_SECONDS, ProducerFuture
 
-__all__ = ("FLUSH", "Call", "Channel", "End", "Op", "Put", "producing")
+__all__ = ("FLUSH", "Call", "Channel", "End", "Item", "Offer", "Op", "Put", "producing")
 
 
 class _Marker:
@@ -98,7 +100,29 @@ class End:
         return f"<End error={self.error!r}>"
 
 
-Op = Union[bytes, Call, End, _Marker, FileRange]
+class Item:
+    """
+    Base of what a consumer other than the response's carries out (`Channel.offer`).
+
+    ``nbytes`` count against the budget from `Channel.offer` until the consumer's
+    `Channel.sent`. Immutable once offered: the same item may be offered to many channels.
+    """
+
+    __slots__ = ("nbytes",)
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+
+Op = Union[bytes, Call, End, _Marker, FileRange, Item]
+
+
+class Offer(enum.Enum):
+    """The outcome of `Channel.offer`."""
+
+    QUEUED = "queued"  #: queued; the consumer is awake and will see it
+    WAKE = "wake"  #: queued; the consumer is idle: wake it (`Channel.wake_soon`, or `wake`)
+    FULL = "full"  #: not queued: it does not fit in the budget (in time)
 
 
 class Put(enum.Enum):
@@ -329,6 +353,93 @@ class Channel:
         if self._loop.is_closed():
             self._leave()  # no consumer will ever detach: give the cap its bytes back now
 
+    def offer(
+        self, item: Item, *, wait: bool = False, timeout: float | None = None, force: bool = False
+    ) -> Offer:
+        """
+        Queue ``item`` if it fits: if its ``nbytes`` added to the pending bytes stay within
+        the budget, or nothing is pending (an item bigger than the budget goes alone), or it
+        has no bytes (a control item). Unlike `write`, the budget is never exceeded.
+
+        Never wakes the consumer: on `Offer.WAKE` the caller does, so that one wake-up can
+        serve many channels of a loop.
+
+        :param wait: block while it does not fit, up to ``timeout`` seconds (``None``: as
+            long as it takes); without it, or once the time is up, return `Offer.FULL`.
+        :param force: queue it even over the budget (for the loop thread, which must not
+            wait).
+        :raises StreamClosedError: if the stream is closed, or its loop, also while waiting.
+        """
+        try:
+            return self._offer(item, wait, timeout, force)
+        except StreamClosedError:
+            if self._loop.is_closed():
+                self._leave()  # no consumer will ever detach: give the cap its bytes back
+            raise
+
+    def _offer(self, item: Item, wait: bool, timeout: float | None, force: bool) -> Offer:
+        nbytes = item.nbytes
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while True:
+                self._raise_if_closed()
+                pending = self._pending
+                fits = (
+                    force or not nbytes or not pending or pending + nbytes <= self.max_buffer_bytes
+                )
+                if fits and nbytes:
+                    fits = self._reserve_for(nbytes, force=force or not pending)
+                if fits:
+                    break
+                if not wait:
+                    return Offer.FULL
+                left = POLL_SECONDS if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    return Offer.FULL
+                self._budget.wait(min(left, POLL_SECONDS))  # then: is the loop closed?
+            self._ops.append(item)
+            self._pending += nbytes
+            wake = self._consumer_idle
+            self._consumer_idle = False
+        return Offer.WAKE if wake else Offer.QUEUED
+
+    def _reserve_for(self, nbytes: int, force: bool) -> bool:
+        """
+        Reserve under the memory cap what ``nbytes`` more need; whether the cap allowed it.
+
+        Warning! Call with _lock held. ``force``: reserve it whatever the cap (the item goes
+        alone, or the loop thread can't wait).
+        """
+        need = self._pending + nbytes - self._reservation.nbytes
+        if need <= 0:
+            return True
+        if force:
+            self._reservation.nbytes += self._cap.reserve(self, need, 0)
+            return True
+        got = self._cap.reserve(self, 0, need)
+        self._reservation.nbytes += got
+        self._queued = got < need
+        return not self._queued
+
+    def wake_soon(self) -> None:
+        """
+        Wake the consumer, from any thread, after `Offer.WAKE`.
+
+        :raises StreamClosedError: if the loop is closed (the channel is then closed).
+        """
+        self._wake_consumer()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the consumer runs on."""
+        return self._loop
+
+    @property
+    def pending(self) -> int:
+        """The bytes queued or being sent, not yet handed to the socket."""
+        with self._lock:
+            return self._pending
+
     def _order_flush(self) -> None:
         # Warning! Call with _lock held. A flush requested before a call or the end
         # must happen before it, as it would on the loop.
@@ -495,8 +606,12 @@ class Channel:
             if window is not None:
                 self._window = window
             # Keep the reservation up to the limit while streaming; give back what is not
-            # held when other streams wait for bytes, so that they get their turn.
-            keep = self._pending if self._cap.contended else max(self._pending, self._limit())
+            # held when other streams wait for bytes, so that they get their turn, and when
+            # nothing is held or queued (an idle WebSocket, a producer slower than its client).
+            idle = not self._pending and not self._ops
+            keep = (
+                self._pending if idle or self._cap.contended else max(self._pending, self._limit())
+            )
             release = self._reservation.nbytes - keep
             if release > 0:
                 self._reservation.nbytes = keep
@@ -515,6 +630,7 @@ class Channel:
                 give_back = 0
                 self._reservation.nbytes += nbytes
                 self._queued = False
+                self._budget.notify_all()  # a sender waiting in `offer`, whatever the level
                 resume = self._wake_producer()
         if give_back:
             self._cap.release(give_back)

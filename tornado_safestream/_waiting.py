@@ -61,10 +61,15 @@ class ProducerFuture(concurrent.futures.Future[None]):
     def _wait(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.done():
+            if self._loop.is_closed():  # before waiting too: no poll per future once closed
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    self.set_exception(self._closed_error())
+                return
             left = POLL_SECONDS if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 return  # the caller's super() call raises TimeoutError
             concurrent.futures.wait([self], min(left, POLL_SECONDS))
-            if not self.done() and self._loop.is_closed():
-                with contextlib.suppress(concurrent.futures.InvalidStateError):
-                    self.set_exception(StreamClosedError())
+
+    def _closed_error(self) -> BaseException:
+        """What the future fails with once its loop is closed (subclasses may say otherwise)."""
+        return StreamClosedError()
