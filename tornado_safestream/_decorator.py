@@ -163,14 +163,14 @@ def stream_on_executor(
         first ``next()`` to its ``close()`` (its ``finally`` included), for thread-affine
         resources (a `sqlite3` connection, Django's ORM, anything in a `threading.local`).
         Such a stream holds its thread while its client is slow, as push style does.
+    :raises TypeError: if the options are of the wrong type, or the decorated object is
+        not a plain or generator function.
+    :raises ValueError: if ``max_buffer_bytes`` or ``stall_timeout`` is not positive.
 
     .. versionchanged:: 0.2
        Added ``keep_thread``. A generator's read-ahead now adapts to its client, with
        ``max_buffer_bytes`` as its ceiling. Previously, every generator stream read ahead
        ``max_buffer_bytes``.
-    :raises TypeError: if the options are of the wrong type, or the decorated object is
-        not a plain or generator function.
-    :raises ValueError: if ``max_buffer_bytes`` or ``stall_timeout`` is not positive.
     """
     if method is not None and not callable(method):
         raise TypeError(

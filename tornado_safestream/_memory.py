@@ -41,7 +41,7 @@ __all__ = (
     "memory_cap",
 )
 
-#: The default cap: see the README for the measurements behind it.
+#: The default cap (256 MiB): see the documentation's "Operating it" page.
 DEFAULT_MEMORY_CAP = 256 * 1024 * 1024
 
 
@@ -56,7 +56,7 @@ class MemoryStats(NamedTuple):
     streams: int
     #: Streams waiting for bytes to come back under the cap.
     waiting: int
-    #: The highest ``held`` since the process started (or `reset_peak`).
+    #: The highest ``held`` since the process started.
     peak: int
 
 

@@ -179,7 +179,7 @@ class SafeStaticFileHandler(SafeStreamMixin, StaticFileHandler):
 
     @classmethod
     def reset(cls) -> None:
-        """Forget the cached versions, as `StaticFileHandler.reset` does."""
+        """Forget the cached versions, as ``StaticFileHandler.reset()`` does."""
         with _VERSIONS_LOCK:
             cls._static_hashes = {}
             cls._safestatic_jobs = {}
@@ -211,8 +211,8 @@ class SafeStaticFileHandler(SafeStreamMixin, StaticFileHandler):
         """
         The version of a static file, for ``static_url(path)`` (``?v=``) and the ``Etag``.
 
-        As `StaticFileHandler.get_version` (``get_content_version``, cached), except where
-        it runs. Off an event loop (in the executor, in a request's stream, or at start-up
+        As `~tornado.web.StaticFileHandler.get_version` (``get_content_version``, cached),
+        except where it runs. Off an event loop (in the executor, in a request's stream, or at start-up
         before the loop runs) it computes the version if need be and returns it. On an
         event loop's thread (``static_url()`` in a template rendered on the loop) it never
         reads the file: it returns the cached version, or ``None`` (``static_url`` then
