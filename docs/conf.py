@@ -79,6 +79,25 @@ html_static_path = ["_static"]
 html_show_sourcelink = False
 
 
+#: Where autodoc finds a class by its defining module, the documented name.
+_DOCUMENTED_AS = {
+    "concurrent.futures._base.Future": "concurrent.futures.Future",
+    "concurrent.futures._base.Executor": "concurrent.futures.Executor",
+    "_asyncio.Future": "asyncio.Future",
+}
+
+
+def _documented_name(app: Any, env: Any, node: Any, contnode: Any) -> Any:
+    target = _DOCUMENTED_AS.get(node.get("reftarget"))
+    if target is None:
+        return None
+    from sphinx.ext.intersphinx import missing_reference
+
+    node["reftarget"] = target
+    return missing_reference(app, env, node, contnode)
+
+
 def setup(app: Any) -> None:
+    app.connect("missing-reference", _documented_name)
     # pytest fixtures: `.. fixture:: name` and :fixture:`name`.
     app.add_object_type("fixture", "fixture", "pair: %s; pytest fixture")

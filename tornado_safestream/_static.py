@@ -212,12 +212,12 @@ class SafeStaticFileHandler(SafeStreamMixin, StaticFileHandler):
         The version of a static file, for ``static_url(path)`` (``?v=``) and the ``Etag``.
 
         As `~tornado.web.StaticFileHandler.get_version` (``get_content_version``, cached),
-        except where it runs. Off an event loop (in the executor, in a request's stream, or at start-up
-        before the loop runs) it computes the version if need be and returns it. On an
-        event loop's thread (``static_url()`` in a template rendered on the loop) it never
-        reads the file: it returns the cached version, or ``None`` (``static_url`` then
-        leaves out ``?v=``) and has the version computed in the executor, for the calls
-        that come after. Call `warm_versions` at start-up to have every URL versioned
+        except where it runs. Off an event loop (in the executor, in a request's stream, or
+        at start-up before the loop runs) it computes the version if need be and returns
+        it. On an event loop's thread (``static_url()`` in a template rendered on the loop)
+        it never reads the file: it returns the cached version, or ``None`` (``static_url``
+        then leaves out ``?v=``) and has the version computed in the executor, for the
+        calls that come after. Call `warm_versions` at start-up to have every URL versioned
         from the first request.
         """
         return super().get_version(settings, path)

@@ -451,6 +451,23 @@ class SafeWebSocketMixin(_HandlerBase):
     def write_message(  # type: ignore[override]
         self, message: WebSocketMessage, binary: bool = False
     ) -> asyncio.Future[None] | concurrent.futures.Future[None]:
+        """
+        Send a message, from any thread.
+
+        On the IOLoop thread, Tornado's own ``write_message``. From another thread, the
+        message is queued for the loop, in this thread's order, under ``max_buffer_bytes``
+        and the ``slow_client`` policy.
+
+        :param message: ``str`` (sent as UTF-8 text), ``bytes``, ``bytearray`` or
+            ``memoryview`` (copied at the call), or a ``dict`` (sent as JSON).
+        :param binary: send as a binary message.
+        :return: off the loop, a `concurrent.futures.Future` done once the frame is handed
+            to the socket (failed with `~tornado.websocket.WebSocketClosedError` if the
+            connection closed first; cancelled if ``slow_client = "drop"`` dropped it).
+        :raises ~tornado.websocket.WebSocketClosedError: if the connection is closed, not
+            open yet, ``close()`` was called, or its loop is closed.
+        :raises TypeError: for a message of another type.
+        """
         if self._on_loop():
             return super().write_message(message, binary)  # type: ignore[arg-type]
         connection = self._safestream_connection
@@ -470,6 +487,12 @@ class SafeWebSocketMixin(_HandlerBase):
         raise WebSocketClosedError()
 
     def ping(self, data: str | bytes = b"") -> None:
+        """
+        Send a ping, from any thread, after the messages this thread queued before it.
+
+        :raises ValueError: for more than 125 bytes of ``data``.
+        :raises ~tornado.websocket.WebSocketClosedError: once the connection is closed.
+        """
         if self._on_loop():
             return super().ping(data)
         connection = self._safestream_connection
@@ -481,6 +504,11 @@ class SafeWebSocketMixin(_HandlerBase):
         return None
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """
+        Close the connection, from any thread, after the messages this thread queued before.
+
+        From then on, every send raises `~tornado.websocket.WebSocketClosedError`.
+        """
         connection = self._safestream_connection
         if self._on_loop():
             if connection is not None:
