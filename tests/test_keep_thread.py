@@ -31,7 +31,7 @@ def expected_csv() -> bytes:
 
 
 class SqliteExport(SafeStreamMixin, RequestHandler):
-    """The README's CSV export, with a connection that belongs to the thread that made it."""
+    """The streaming guide's CSV export, with a connection owned by the thread that made it."""
 
     def initialize(self, executor: Executor, rec: Recorder) -> None:
         self.executor = executor

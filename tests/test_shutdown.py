@@ -562,8 +562,8 @@ def test_loop_closed_with_streams_in_flight(
     the library that then writes and waits on a flush, one waiting for a set_header() call
     queued behind a flush, must all get StreamClosedError; a generator inside next() must be
     closed at its next yield, in the executor, once. (A parked generator, which no thread
-    waits for, is left suspended, as asyncio leaves the loop's own coroutines: the README
-    says to close the connections first.) Then
+    waits for, is left suspended, as asyncio leaves the loop's own coroutines: the guides
+    say to close the connections first.) Then
     ``executor.shutdown(wait=True)`` returns (a worker left blocked would also hang the
     interpreter's exit), and nothing is logged as an error. (Tasks left pending on the
     closed loop, Tornado's and the library's, may be reported as destroyed: the

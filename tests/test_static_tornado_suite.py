@@ -11,7 +11,7 @@ files runs here as a subclass; `test_every_static_case_runs` fails if the instal
 has one this list does not name.
 
 One thing differs on purpose: a ``static_url()`` called on the loop does not read the file
-(see the README), so `StaticFileTest`, whose handlers call it on the loop and expect
+(see the static files guide), so `StaticFileTest`, whose handlers call it on the loop and expect
 ``?v=<hash>`` in the first response, warms the versions first with
 `SafeStaticFileHandler.warm_versions`, as an application does at start-up.
 """

@@ -65,7 +65,7 @@ __all__ = (
     "SafeWebSocketMixin",
 )
 
-#: ``max_buffer_bytes`` unless the handler says otherwise (see the README for why).
+#: ``max_buffer_bytes`` unless the handler says otherwise (the WebSockets guide says why).
 DEFAULT_MAX_BUFFER_BYTES = 256 * 1024
 
 SlowClient = Literal["wait", "close", "drop"]
