@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -145,9 +146,15 @@ async def serve(port: int, path: str, heartbeat: float) -> None:
     server = HTTPServer(make_app(path, heartbeat))
     server.add_sockets(sockets)
     print(f"http://127.0.0.1:{sockets[0].getsockname()[1]}/  (tailing {path})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     try:
-        await asyncio.Event().wait()  # until Ctrl-C
+        await stop.wait()  # until Ctrl-C
     finally:
+        # Closing the connections wakes every tail (on_connection_close), so that the
+        # executor's threads are free before it is shut down.
         server.stop()
         await asyncio.wait_for(server.close_all_connections(), 5)
 

@@ -273,18 +273,19 @@ class _Example:
         return line
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
         try:
-            code = self.process.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(TIMEOUT)
-            raise AssertionError(f"no stop on SIGINT; output: {self.lines}") from None
-        self._reader.join(TIMEOUT)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        return code
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGINT)
+            try:
+                return self.process.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(TIMEOUT)
+                raise AssertionError(f"no stop on SIGINT; output: {self.lines}") from None
+        finally:
+            self._reader.join(TIMEOUT)
+            if self.process.stdout is not None:
+                self.process.stdout.close()
 
 
 def _get(url: str, headers: dict[str, str] | None = None) -> bytes:
