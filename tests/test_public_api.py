@@ -18,6 +18,7 @@ API_NAMES = (
     "enable_thread_assertions",
     "disable_thread_assertions",
     "thread_assertions",
+    "receive_on_executor",
     "__version__",
 )
 #: the names issue 2 builds (the rest come with assertion mode)
@@ -58,7 +59,7 @@ class TestPublicApi:
         assert public <= set(tornado_safestream.__all__), public - set(tornado_safestream.__all__)
 
     def test_objects_come_from_the_package(self) -> None:
-        for name in ("SafeStreamMixin", "stream_on_executor"):
+        for name in ("SafeStreamMixin", "stream_on_executor", "receive_on_executor"):
             module = getattr(tornado_safestream, name).__module__
             assert module.split(".")[0] == "tornado_safestream", (name, module)
 
@@ -75,3 +76,12 @@ class TestPublicApi:
         error_class = vars(tornado_safestream)["WrongThreadError"]
         assert isinstance(error_class, type)
         assert issubclass(error_class, RuntimeError)
+
+
+class TestMultipartModule:
+    def test_all(self) -> None:
+        from tornado_safestream import multipart
+
+        assert multipart.__all__ == ("DiskFile", "FileTarget", "MultipartForm", "Part")
+        for name in multipart.__all__:
+            assert getattr(multipart, name).__module__.startswith("tornado_safestream")

@@ -18,6 +18,7 @@ __all__ = (
     "__version__",
     "disable_thread_assertions",
     "enable_thread_assertions",
+    "receive_on_executor",
     "stream_on_executor",
     "thread_assertions",
 )
@@ -28,5 +29,6 @@ from ._assertions import thread_assertions as thread_assertions
 from ._decorator import stream_on_executor as stream_on_executor
 from ._errors import WrongThreadError as WrongThreadError
 from ._mixin import SafeStreamMixin as SafeStreamMixin
+from ._receive import receive_on_executor as receive_on_executor
 
 __version__ = "0.1.0"
