@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import pytest
 from helpers import TIMEOUT, ExecutorFactory, LogRecorder, ServerFactory, fetch, record_text
+from tornado.http1connection import HTTP1Connection
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 from upload_helpers import (
     TORNADO_CHUNK,
@@ -396,7 +397,9 @@ class Limited(StoreHandler):
 
     def prepare(self) -> None:
         limit = 1 << 20
-        self.request.connection.set_max_body_size(limit)  # type: ignore[attr-defined]
+        connection = self.request.connection
+        assert isinstance(connection, HTTP1Connection)
+        connection.set_max_body_size(limit)
         if int(self.request.headers.get("Content-Length", "0")) > limit:
             raise HTTPError(413)
 
