@@ -15,7 +15,8 @@ reads no more of the socket until the worker consumed half of the limit (hystere
 reader wakes once per half of its limit, never per chunk), and TCP slows the client.
 
 No thread is held while nothing is queued: a *drain* task is submitted to the executor when
-an item arrives and none runs; it consumes what is queued and ends. One task at a time, so
+an item arrives and none runs; it consumes what is queued, waits `LINGER_SECONDS` for more
+(so that a fast upload costs one task, not one per chunk), and ends. One task at a time, so
 the calls never overlap and keep their order.
 
 Ending:
@@ -52,6 +53,10 @@ from ._memory import Account, memory_cap
 __all__ = ("Inbound",)
 
 T_Item = TypeVar("T_Item")
+
+#: How long a drain task that emptied the queue waits for the next item before it ends (and
+#: gives its thread back): short enough that a stalled client holds no thread.
+LINGER_SECONDS = 0.002
 
 #: Runs a callable in the stream's executor (on the loop thread; may raise if shut down).
 Submit = Callable[[Callable[[], None]], None]
@@ -98,6 +103,8 @@ class Inbound(Generic[T_Item]):
         self._cap.join()
 
         self._lock = threading.Lock()
+        # A drain task that found the queue empty lingers here a moment for the next item.
+        self._arrived = threading.Condition(self._lock)
         # --- guarded by _lock ---
         self._items: collections.deque[tuple[T_Item, int]] = collections.deque()
         self._pending = 0  # bytes queued or being consumed
@@ -145,6 +152,7 @@ class Inbound(Generic[T_Item]):
                 self._peak = self._pending
             start = not self._running
             self._running = True
+            self._arrived.notify()  # a lingering drain task takes it
             reader = None
             if self._account.room(self, self._pending, self.max_buffer_bytes) < 0:
                 self._holding = True
@@ -159,6 +167,7 @@ class Inbound(Generic[T_Item]):
             if self._stopped is not None or self._complete:
                 return
             self._complete = True
+            self._arrived.notify()  # a lingering drain task ends now
             drained = not self._running
             if drained:
                 self._ended = True
@@ -176,6 +185,7 @@ class Inbound(Generic[T_Item]):
                 return  # already stopped, or every call returned: nothing to abort
             self._stopped = reason
             self._drop()
+            self._arrived.notify()  # a lingering drain task runs the hook now
             hook_now = not self._running
             if hook_now:
                 self._running = True
@@ -242,6 +252,12 @@ class Inbound(Generic[T_Item]):
                     self._hooked = True
                     reason = self._stopped
                     break
+                if not self._items and not self._complete:
+                    # Linger: with a fast worker the queue is empty between two chunks most
+                    # of the time; a task per chunk would cost a thread wake-up each.
+                    self._arrived.wait(LINGER_SECONDS)
+                    if self._stopped is not None:
+                        continue
                 if not self._items:
                     self._running = False
                     drained = self._complete
