@@ -106,6 +106,8 @@ class Plan:
     probe_size: int = 64 * KiB  # the "fresh small download"
     fresh_timeout: float = 1.0  # a fresh request in the stalled scenario gives up after this
     fresh_target_ms: float = 50.0  # the stalled scenario's target for a fresh request
+    upload_size: int = 1 * GiB  # one PUT per upload style
+    upload_ping_interval: float = 0.005  # seconds between /ping requests during an upload
 
     def passes_of(self, scenario: str) -> int:
         """Interleaved passes a round for *scenario* (1 unless `passes` says otherwise)."""
@@ -126,5 +128,6 @@ QUICK = Plan(
     slow_size=16 * MiB,
     stalled_streams=200,
     stalled_probes=5,
+    upload_size=256 * MiB,
     passes=(("big", 2), ("small", 1)),
 )

@@ -40,6 +40,11 @@ process (in a thread of its own). ``/stats`` also has the library's process-wide
 (``library_stats``: `tornado_safestream.memory.memory_stats`; ``bytes_held`` and
 ``memory_cap`` from them).
 
+``/upload/loop``, ``/upload/executor`` and ``/upload/receive`` (``PUT``) write the request
+body to a file in ``--upload-dir`` (deleted once answered): ``data_received`` writing on the
+loop, ``await run_in_executor(pool, f.write, chunk)`` per chunk, and
+`tornado_safestream.receive_on_executor`.
+
 ``--producer-sleep SECONDS`` makes executor, push and generator sleep that long before
 reading each chunk of ``/file``, in the worker, as a producer waiting on a database would.
 ``--option NAME=JSON`` passes a keyword argument to ``stream_on_executor`` (push,
@@ -55,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -78,10 +84,15 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.iostream import StreamClosedError
 from tornado.netutil import bind_sockets
-from tornado.web import Application, RequestHandler, StaticFileHandler
+from tornado.web import Application, RequestHandler, StaticFileHandler, stream_request_body
 
 import tornado_safestream
-from tornado_safestream import SafeStreamMixin, enable_thread_assertions, stream_on_executor
+from tornado_safestream import (
+    SafeStreamMixin,
+    enable_thread_assertions,
+    receive_on_executor,
+    stream_on_executor,
+)
 
 HOST = "127.0.0.1"
 VARIANTS = ("static", "loop", "executor", "broken", "push", "generator")
@@ -265,6 +276,85 @@ class Ping(RequestHandler):
         self.write(b"pong")
 
 
+# -- /upload/<style>: a request body to a file ----------------------------------------------
+
+#: Largest upload the servers accept (Tornado's default is 100 MB).
+MAX_UPLOAD = 64 * 1024**3
+
+
+class _UploadBase(RequestHandler):
+    """The body goes to a new file in ``directory``, deleted once the response is sent."""
+
+    def initialize(self, directory: str, executor: Executor) -> None:
+        self.directory = directory
+        self.executor = executor
+        self.path = os.path.join(directory, f"upload-{id(self)}-{time.monotonic_ns()}.bin")
+        self.file: BinaryIO | None = None
+        self.size = 0
+
+    def _done(self) -> None:
+        self.write({"size": self.size})
+
+    def on_finish(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+@stream_request_body
+class LoopUpload(_UploadBase):
+    """``data_received`` writes each chunk to the file on the loop."""
+
+    def data_received(self, chunk: bytes) -> None:
+        if self.file is None:
+            self.file = open(self.path, "wb")  # noqa: SIM115 (closed in on_finish)
+        self.file.write(chunk)
+        self.size += len(chunk)
+
+    def put(self) -> None:
+        self._done()
+
+
+@stream_request_body
+class ExecutorUpload(_UploadBase):
+    """``await run_in_executor(pool, f.write, chunk)`` per chunk: the usual correct handler."""
+
+    async def data_received(self, chunk: bytes) -> None:
+        loop = IOLoop.current()
+        if self.file is None:
+            self.file = await loop.run_in_executor(self.executor, open, self.path, "wb")
+        file = self.file
+        assert file is not None
+        await loop.run_in_executor(self.executor, file.write, chunk)
+        self.size += len(chunk)
+
+    def put(self) -> None:
+        self._done()
+
+
+@stream_request_body
+class ReceiveUpload(SafeStreamMixin, _UploadBase):
+    """`tornado_safestream.receive_on_executor`: each chunk written in the executor."""
+
+    @receive_on_executor
+    def data_received(self, chunk: bytes) -> None:
+        if self.file is None:
+            self.file = open(self.path, "wb")  # noqa: SIM115 (closed in on_finish)
+        self.file.write(chunk)
+        self.size += len(chunk)
+
+    def put(self) -> None:
+        self._done()
+
+
+UPLOADS: dict[str, type[RequestHandler]] = {
+    "loop": LoopUpload,
+    "executor": ExecutorUpload,
+    "receive": ReceiveUpload,
+}
+
+
 class SleepProbe(RequestHandler):
     """
     ``/sleep?seconds=0.001&n=200``: how long ``time.sleep(seconds)`` really takes in this
@@ -439,6 +529,11 @@ def make_app(args: argparse.Namespace, info: ServerInfo, executor: Executor) -> 
             config = FileConfig(path, args.chunk, executor, not args.chunked, sleep)
             routes.append((url, classes[variant], {"config": config}))
     routes.append((r"/sleep", SleepProbe, {}))
+    upload_dir = args.upload_dir or os.path.dirname(os.path.abspath(args.file))
+    for style, handler in UPLOADS.items():
+        routes.append(
+            (f"/upload/{style}", handler, {"directory": upload_dir, "executor": executor})
+        )
     # No access log: the same for every variant, and not what is measured.
     return Application(routes, log_function=lambda handler: None, **dict(args.app_setting))
 
@@ -471,7 +566,7 @@ async def serve(args: argparse.Namespace) -> None:
     executor = ThreadPoolExecutor(args.executor_threads, thread_name_prefix=f"bench-{variant}")
     app = make_app(args, info, executor)
     sockets = bind_sockets(args.port, HOST, backlog=1024)
-    server = HTTPServer(app)
+    server = HTTPServer(app, max_body_size=MAX_UPLOAD)
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
 
@@ -527,6 +622,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--chunked",
         action="store_true",
         help="do not set Content-Length (loop/executor/push/generator): chunked encoding",
+    )
+    parser.add_argument(
+        "--upload-dir",
+        help="where /upload/<style> writes request bodies (default: --file's directory)",
     )
     parser.add_argument(
         "--producer-sleep",

@@ -7,7 +7,7 @@ tables, its targets and the data files it needs.
 
 from __future__ import annotations
 
-from benchmarks.scenarios import big, blocking, concurrent, slow, small, stalled
+from benchmarks.scenarios import big, blocking, concurrent, slow, small, stalled, upload
 from benchmarks.scenarios.base import Scenario
 
 __all__ = ("SCENARIOS", "Scenario")
@@ -22,5 +22,6 @@ SCENARIOS: dict[str, Scenario] = {
         blocking.SCENARIO,
         slow.SCENARIO,
         stalled.SCENARIO,
+        upload.SCENARIO,
     )
 }
