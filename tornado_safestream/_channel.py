@@ -55,6 +55,7 @@ from ._memory import Account, memory_cap
 from ._readahead import START_WINDOW
 from ._sendfile import FileRange
 from ._waiting import POLL_SECONDS, ProducerFuture
+from ._waker import waker_for
 
 __all__ = ("FLUSH", "Call", "Channel", "End", "Item", "Offer", "Op", "Put", "producing")
 
@@ -160,6 +161,7 @@ class Channel:
         self.where = where
         self.max_buffer_bytes = max_buffer_bytes
         self._loop = loop
+        self._waker = waker_for(loop)
 
         self._cap = memory_cap()
         self._cap.join()
@@ -527,7 +529,7 @@ class Channel:
 
     def _wake_consumer(self) -> None:
         try:
-            self._loop.call_soon_threadsafe(self.wake)
+            self._waker.wake(self.wake)
         except RuntimeError:  # the loop is closed: nobody will ever send these bytes
             with self._lock:
                 if self._closed is None:
