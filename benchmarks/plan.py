@@ -119,9 +119,9 @@ class Plan:
     #: cold: files of this size (each one byte longer than the last: a file of its own),
     #: downloaded all at once, their page cache dropped before each wave
     cold_files: int = 4
-    cold_size: int = 32 * MiB
-    cold_waves: int = 3  # waves of downloads a run (each file once a wave)
-    cold_ping_interval: float = 0.02
+    cold_size: int = 64 * MiB
+    cold_waves: int = 4  # waves of downloads a run (each file once a wave)
+    cold_ping_interval: float = 0.01
     cold_ping_target: float = 0.2  # /ping p99 vs static's, at most
     #: ws-rate: this many messages of this size from a worker thread to one client
     ws_messages: int = 100_000
@@ -155,5 +155,5 @@ QUICK = Plan(
     cold_size=8 * MiB,
     cold_waves=2,
     ws_messages=20_000,
-    ws_stall_seconds=3.0,
+    ws_stall_seconds=2.0,
 )

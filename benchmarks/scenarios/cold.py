@@ -1,10 +1,10 @@
 """
-``cold``: files that are not in the page cache. Four files of 32 MiB are downloaded at once
-(``curl --parallel``, bodies to ``/dev/null``, sizes checked), in waves; before each wave
+``cold``: files that are not in the page cache. Four files of 64 MiB are downloaded at once
+(``curl --parallel``, bodies to ``/dev/null``, sizes checked), 4 waves a run; before each wave
 the runner drops every file's page cache (``fsync``, then
 ``os.posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)``; ``fincore`` says how much of them was
 still resident afterwards). Meanwhile a probe asks for ``/ping`` on a fresh connection every
-20 ms. `StaticFileHandler` reads the files on the loop, so a read that waits for the disk
+10 ms. `StaticFileHandler` reads the files on the loop, so a read that waits for the disk
 stalls every other request; `SafeStaticFileHandler` reads them (or ``sendfile``\\s them) in
 its executor. Target: ``/ping`` p99 (every ping of every run) <= 1/5 of ``static``'s.
 

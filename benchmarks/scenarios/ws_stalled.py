@@ -31,6 +31,8 @@ __all__ = ("SCENARIO",)
 
 #: at most this many rounds (10 s a run)
 ROUNDS = 2
+#: a /stats that takes longer is given up (the RSS is read from /proc in any case)
+STATS_TIMEOUT = 1.0
 #: the library's default max_buffer_bytes for a WebSocket, if the server does not say
 DEFAULT_CAP = 256 * KiB
 
@@ -47,9 +49,9 @@ def _status(pid: int) -> dict[str, int]:
 
 
 def _websocket(server: Server) -> dict[str, Any]:
-    """The server's ``websocket`` figures, or nothing if its loop does not answer in 2 s."""
+    """The server's ``websocket`` figures, or nothing if its loop does not answer in time."""
     try:
-        found = server.stats_within(2.0).get("websocket")
+        found = server.stats_within(STATS_TIMEOUT).get("websocket")
     except (OSError, RuntimeError, ValueError):
         return {}
     return found if isinstance(found, dict) else {}
@@ -241,7 +243,8 @@ def notes(bench: Bench) -> list[str]:
     for label, v in bench.summary.get("ws-stalled", {}).items():
         if v["stats_missed"]:
             lines.append(
-                f"ws-stalled/{label}: the server's loop did not answer /stats within 2 s for "
+                f"ws-stalled/{label}: the server's loop did not answer /stats within "
+                f"{STATS_TIMEOUT:g} s for "
                 f"{v['stats_missed']} of its samples (busy with what was queued for the "
                 "stalled client); its RSS was read from /proc all the same."
             )
