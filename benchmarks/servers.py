@@ -36,7 +36,9 @@ its port on a line of its own (``--port-file`` also writes it to a file). Varian
     ``write_message``; ``ws-callback``: a plain ``WebSocketHandler``, the thread calls
     ``IOLoop.add_callback(handler.write_message, message, True)``, the pattern Tornado's
     maintainers recommend. Message ``i`` is ``i`` in 8 ASCII digits, then dots. ``/stats``
-    has the thread's figures under ``websocket``. ``/file`` is served as ``static`` does.
+    has the thread's figures under ``websocket``; ``--figures-file PATH`` also has a thread of
+    its own write them (JSON) to PATH every 0.25 s, for when the loop is too busy to answer.
+    ``/file`` is served as ``static`` does.
 
 ``loop``, ``executor``, ``push`` and ``generator`` set ``Content-Length`` from the file's
 size, as `StaticFileHandler` does, so that all of them send the same bytes on the wire
@@ -340,6 +342,18 @@ class WsFigures:
 WS = WsFigures()
 
 
+def write_figures(path: str) -> None:
+    """Every 0.25 s, the sending threads' figures to *path* (JSON, replaced whole)."""
+    while True:
+        with WS.lock:
+            figures = {"sent": WS.sent, "threads": WS.threads, "at": time.monotonic()}
+        temporary = f"{path}.tmp"
+        with open(temporary, "w", encoding="ascii") as f:
+            json.dump(figures, f)
+        os.replace(temporary, path)
+        time.sleep(0.25)
+
+
 class WsSender:
     """The ``/ws`` protocol of both WebSocket variants; `send` is how each one sends."""
 
@@ -369,9 +383,8 @@ class WsSender:
             while (count < 0 or i < count) and not self.stopping.is_set():
                 self.send(ws_message(i, size))
                 i += 1
-                if i % 1024 == 0:
-                    with WS.lock:
-                        WS.sent += 1024
+                with WS.lock:  # a fraction of a microsecond, the same for both variants
+                    WS.sent += 1
         except WebSocketClosedError:
             pass
         except Exception as e:  # reported in /stats
@@ -379,7 +392,6 @@ class WsSender:
                 WS.errors.append(f"{type(e).__name__}: {e}")
         finally:
             with WS.lock:
-                WS.sent += i % 1024
                 WS.threads -= 1
 
     def send(self, message: bytes) -> None:
@@ -662,6 +674,10 @@ async def serve(args: argparse.Namespace) -> None:
             _exit_now(1)
 
     PeriodicCallback(watchdog, 1000).start()
+    if args.figures_file:
+        threading.Thread(
+            target=write_figures, args=(args.figures_file,), name="bench-figures", daemon=True
+        ).start()
 
     if args.port_file:
         temporary = f"{args.port_file}.tmp"
@@ -691,6 +707,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--file", required=True, help="the file served at /file")
     parser.add_argument("--small-file", help="a file served at /small, through the same variant")
     parser.add_argument("--static-dir", help="static, safe-static: serve its files at /dir/NAME")
+    parser.add_argument("--figures-file", help="ws-*: write the sender's figures there, 4 a second")
     parser.add_argument("--chunk", type=int, default=64 * 1024, help="chunk size in bytes")
     parser.add_argument("--executor-threads", type=int, default=4, help="thread pool size")
     parser.add_argument(
