@@ -358,7 +358,8 @@ class WsSender:
     """The ``/ws`` protocol of both WebSocket variants; `send` is how each one sends."""
 
     def open_sender(self) -> None:
-        self.stopping = threading.Event()  # set on the loop by on_close
+        # set on the loop (open) before the sending thread starts, which orders the two
+        self.stopping = threading.Event()  # set on the loop by on_close, read by the thread
 
     def command(self, handler: WebSocketHandler, message: str | bytes) -> None:
         words = (message.decode() if isinstance(message, bytes) else message).split()
