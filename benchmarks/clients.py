@@ -20,6 +20,14 @@ other clients') and prints JSON on its last line of output:
     sockets stay open until a line (or EOF) on standard input, or ``--hold`` seconds. The
     line ``read`` has every stream read to its end first, each body checked against
     ``--expect-size`` and ``--expect-sha256``.
+``ws``
+    A WebSocket client on a raw socket (``/ws`` of the ``ws-*`` server variants). ``--mode
+    flood``: asks for ``--messages`` binary messages of ``--size`` bytes and reads them as
+    fast as it can, timed from the request to the last byte, hashing the frames as they
+    arrive; afterwards (not timed) the SHA-256 is compared with that of the frames expected,
+    so every message arrived once, in order, byte for byte. ``--mode stall``: asks for
+    messages without end and never reads them (a small receive buffer); prints ``STALLED``
+    and keeps the connection until a line on standard input (or ``--hold`` seconds).
 
 With ``--wait-go``, a command prints ``READY`` once set up and starts at the next line on its
 standard input (within 60 seconds), so that several client processes start together.
@@ -29,9 +37,11 @@ Every wait is bounded: connections by ``--idle-timeout``, a command by ``--timeo
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import hashlib
 import json
+import os
 import resource
 import select
 import selectors
@@ -422,6 +432,8 @@ def cmd_probe(args: argparse.Namespace) -> dict[str, Any]:
     i = 0
     while True:
         due = start + i * args.interval
+        if args.until_line and select.select([sys.stdin], [], [], 0)[0]:
+            break  # told to stop (a line, or EOF)
         if args.count is not None:
             if i >= args.count:
                 break
@@ -602,6 +614,129 @@ def read_to_end(
     return {"statuses": statuses, "seconds": time.monotonic() - start}
 
 
+# -- WebSocket --------------------------------------------------------------------------------
+
+
+def ws_message(i: int, size: int) -> bytes:
+    """Message *i* as the servers send it (servers.py `ws_message`)."""
+    head = b"%08d" % i
+    return head[:size] + b"." * (size - len(head))
+
+
+def ws_frame_head(size: int) -> bytes:
+    """The head of an unmasked, final, binary frame of *size* bytes (as a server sends it)."""
+    if size < 126:
+        return bytes([0x82, size])
+    if size < 65536:
+        return bytes([0x82, 126]) + size.to_bytes(2, "big")
+    return bytes([0x82, 127]) + size.to_bytes(8, "big")
+
+
+def ws_connect(
+    port: int, path: str, timeout: float, rcvbuf: int = 0
+) -> tuple[socket.socket, bytes]:
+    """A WebSocket handshake on a blocking socket; the socket and the bytes read past it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(timeout)
+    sock.connect((HOST, port))
+    key = base64.b64encode(os.urandom(16)).decode("ascii")
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode("ascii")
+    )
+    head = bytearray()
+    while b"\r\n\r\n" not in head:
+        data = sock.recv(4096)
+        if not data:
+            raise HttpError(f"closed during the handshake (got {bytes(head)!r})")
+        head += data
+        if len(head) > 64 * 1024:
+            raise HttpError("handshake response too long")
+    end = head.index(b"\r\n\r\n") + 4
+    status = bytes(head[:end]).split(b" ", 2)
+    if len(status) < 2 or status[1] != b"101":
+        raise HttpError(f"no upgrade: {bytes(head[:end])!r}")
+    return sock, bytes(head[end:])
+
+
+def ws_send_text(sock: socket.socket, text: str) -> None:
+    """One masked text frame (a client's frames are masked)."""
+    payload = text.encode()
+    assert len(payload) < 126
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+
+
+def cmd_ws(args: argparse.Namespace) -> dict[str, Any]:
+    if not _wait_for_go(args.wait_go):
+        sys.exit(f"no go within {GO_TIMEOUT:.0f}s")
+    if args.mode == "stall":
+        sock, _ = ws_connect(args.port, args.path, args.idle_timeout, rcvbuf=args.rcvbuf)
+        try:
+            ws_send_text(sock, f"stall {args.size}")
+            print("STALLED", flush=True)
+            wait, _, _ = select.select([sys.stdin], [], [], args.hold)
+            if wait:
+                sys.stdin.readline()
+        finally:
+            sock.close()
+        return {"mode": "stall"}
+    head = ws_frame_head(args.size)
+    frame = len(head) + args.size
+    expected = args.messages * frame
+    sock, extra = ws_connect(args.port, args.path, args.idle_timeout)
+    buffer = bytearray(RECV_SIZE)
+    view = memoryview(buffer)
+    digest = hashlib.sha256(extra)
+    received = len(extra)
+    status = "ok"
+    try:
+        cpu0, start = _cpu(), time.monotonic()
+        deadline = start + args.timeout
+        ws_send_text(sock, f"flood {args.messages} {args.size}")
+        while received < expected:
+            if time.monotonic() > deadline:
+                status = "timeout"
+                break
+            n = sock.recv_into(view, min(RECV_SIZE, expected - received))
+            if not n:
+                status = "closed"
+                break
+            digest.update(view[:n])
+            received += n
+        end, cpu = time.monotonic(), _cpu() - cpu0
+    except (OSError, socket.timeout) as e:
+        status, end, cpu = f"{type(e).__name__}: {e}", time.monotonic(), _cpu() - cpu0
+    finally:
+        view.release()
+        sock.close()
+    # after the timing: the SHA-256 of the frames expected, message 0 to the last, in order
+    if status == "ok":
+        want = hashlib.sha256()
+        for i in range(args.messages):
+            want.update(head)
+            want.update(ws_message(i, args.size))
+        if want.digest() != digest.digest():
+            status = "wrong"
+    return {
+        "mode": "flood",
+        "status": status,
+        "messages": args.messages,
+        "size": args.size,
+        "bytes": received,
+        "start": start,
+        "end": end,
+        "seconds": end - start,
+        "cpu": cpu,
+    }
+
+
 # -- command line --------------------------------------------------------------------------
 
 
@@ -648,6 +783,18 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--give-up-after", type=int, default=0, help="stop a path after N timeouts in a row"
     )
+    probe.add_argument(
+        "--until-line", action="store_true", help="also stop at a line (or EOF) on stdin"
+    )
+
+    ws = common("ws", "a WebSocket client: read a flood of messages, or stall")
+    ws.add_argument("--path", default="/ws")
+    ws.add_argument("--mode", choices=("flood", "stall"), default="flood")
+    ws.add_argument("--messages", type=int, default=100_000)
+    ws.add_argument("--size", type=int, default=100, help="bytes per message (at least 8)")
+    ws.add_argument("--rcvbuf", type=int, default=4096, help="SO_RCVBUF when stalling")
+    ws.add_argument("--hold", type=float, default=120.0, metavar="SECONDS")
+    ws.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
 
     stall = common("stall", "streams whose clients stop reading after the headers")
     stall.add_argument("--path", default="/file")
@@ -673,6 +820,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "slow": cmd_slow,
         "probe": cmd_probe,
         "stall": cmd_stall,
+        "ws": cmd_ws,
     }
     result = commands[args.command](args)
     result["threads_left"] = threading.active_count()

@@ -274,6 +274,12 @@ class Server:
         assert isinstance(stats, dict)
         return stats
 
+    def stats_within(self, timeout: float) -> dict[str, Any]:
+        """``/stats``, or `OSError` (a timeout) if the server's loop does not answer in time."""
+        stats = json.loads(self.get("/stats", timeout=timeout))
+        assert isinstance(stats, dict)
+        return stats
+
     def warm_up(self) -> None:
         for _ in range(2):
             self.get("/ping")

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 __all__ = (
     "ALL_LABELS",
+    "BIG_VARIANTS",
     "BLOCKING_VARIANTS",
+    "COLD_VARIANTS",
     "CONCURRENT_VARIANTS",
     "FULL",
     "MB",
@@ -18,6 +20,7 @@ __all__ = (
     "SLOW_VARIANTS",
     "STALLED_VARIANTS",
     "THROUGHPUT_VARIANTS",
+    "WS_VARIANTS",
     "GiB",
     "KiB",
     "MiB",
@@ -59,11 +62,18 @@ THROUGHPUT_VARIANTS = _variants(
     "push+assert",
     "generator+assert",
 )
-CONCURRENT_VARIANTS = _variants("static", "loop", "push", "generator")
+#: big adds SafeStaticFileHandler (small does not: static variants ignore the chunk size)
+BIG_VARIANTS = (*THROUGHPUT_VARIANTS, *_variants("safe-static"))
+CONCURRENT_VARIANTS = _variants("static", "safe-static", "loop", "push", "generator")
 BLOCKING_VARIANTS = _variants("executor", "push", "generator")
-SLOW_VARIANTS = _variants("static", "executor", "push", "generator")
+SLOW_VARIANTS = _variants("static", "safe-static", "executor", "push", "generator")
 STALLED_VARIANTS = _variants("static", "push", "generator")
-ALL_LABELS = tuple(v.label for v in THROUGHPUT_VARIANTS)
+COLD_VARIANTS = _variants("static", "safe-static")
+#: a worker thread sending on a WebSocket: SafeWebSocketMixin, and IOLoop.add_callback
+WS_VARIANTS = _variants("ws-mixin", "ws-callback")
+ALL_LABELS = tuple(
+    dict.fromkeys(v.label for v in (*BIG_VARIANTS, *CONCURRENT_VARIANTS, *WS_VARIANTS))
+)
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,23 @@ class Plan:
     probe_size: int = 64 * KiB  # the "fresh small download"
     fresh_timeout: float = 1.0  # a fresh request in the stalled scenario gives up after this
     fresh_target_ms: float = 50.0  # the stalled scenario's target for a fresh request
+    upload_size: int = 1 * GiB  # one PUT per upload style
+    upload_ping_interval: float = 0.005  # seconds between /ping requests during an upload
+    #: cold: files of this size (each one byte longer than the last: a file of its own),
+    #: downloaded all at once, their page cache dropped before each wave
+    cold_files: int = 4
+    cold_size: int = 64 * MiB
+    cold_waves: int = 4  # waves of downloads a run (each file once a wave)
+    cold_ping_interval: float = 0.01
+    cold_ping_target: float = 0.2  # /ping p99 vs static's, at most
+    #: ws-rate: this many messages of this size from a worker thread to one client
+    ws_messages: int = 100_000
+    ws_message_size: int = 100
+    ws_rate_target: float = 3.0  # messages/s vs add_callback's, at least
+    #: ws-stalled: a client that stops reading while a thread sends for this long
+    ws_stall_seconds: float = 10.0
+    ws_stall_message_size: int = 1 * KiB
+    ws_stall_allowance: int = 4 * MiB  # RSS target: max_buffer_bytes + this
 
     def passes_of(self, scenario: str) -> int:
         """Interleaved passes a round for *scenario* (1 unless `passes` says otherwise)."""
@@ -126,5 +153,10 @@ QUICK = Plan(
     slow_size=16 * MiB,
     stalled_streams=200,
     stalled_probes=5,
+    upload_size=256 * MiB,
     passes=(("big", 2), ("small", 1)),
+    cold_size=8 * MiB,
+    cold_waves=2,
+    ws_messages=20_000,
+    ws_stall_seconds=2.0,
 )

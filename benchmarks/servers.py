@@ -22,6 +22,23 @@ its port on a line of its own (``--port-file`` also writes it to a file). Varian
 ``push`` / ``generator``
     `tornado_safestream`'s two styles (``@stream_on_executor`` with the default
     ``max_buffer_bytes`` unless ``--max-buffer-bytes`` is given).
+``safe-static``
+    `tornado_safestream.SafeStaticFileHandler` with its default settings (the IOLoop's
+    default executor, its own ``max_buffer_bytes``; ``--executor-threads`` and
+    ``--max-buffer-bytes`` do not apply), versioned by size and mtime as ``static`` is, in
+    the executor: the same files, headers and Etag as ``static``. ``sendfile`` where the
+    connection allows it.
+``ws-mixin`` / ``ws-callback``
+    ``/ws``, a WebSocket on which a worker thread sends, when the client asks for it
+    (``flood N SIZE``: N binary messages of SIZE bytes, as fast as it can; ``stall SIZE``:
+    messages of SIZE bytes until the connection closes). ``ws-mixin``: a
+    `tornado_safestream.SafeWebSocketMixin` handler (default settings), the thread calls
+    ``write_message``; ``ws-callback``: a plain ``WebSocketHandler``, the thread calls
+    ``IOLoop.add_callback(handler.write_message, message, True)``, the pattern Tornado's
+    maintainers recommend. Message ``i`` is ``i`` in 8 ASCII digits, then dots. ``/stats``
+    has the thread's figures under ``websocket``; ``--figures-file PATH`` also has a thread of
+    its own write them (JSON) to PATH every 0.25 s, for when the loop is too busy to answer.
+    ``/file`` is served as ``static`` does.
 
 ``loop``, ``executor``, ``push`` and ``generator`` set ``Content-Length`` from the file's
 size, as `StaticFileHandler` does, so that all of them send the same bytes on the wire
@@ -38,7 +55,13 @@ CPU time (``getrusage(RUSAGE_SELF)``), its current and peak RSS (``VmRSS``/``VmH
 ``/sleep?seconds=0.001&n=200`` measures what ``time.sleep(seconds)`` really takes in this
 process (in a thread of its own). ``/stats`` also has the library's process-wide figures
 (``library_stats``: `tornado_safestream.memory.memory_stats`; ``bytes_held`` and
-``memory_cap`` from them).
+``memory_cap`` from them). ``--static-dir DIR`` (``static``, ``safe-static``) also serves
+every file of DIR at ``/dir/NAME``.
+
+``/upload/loop``, ``/upload/executor`` and ``/upload/receive`` (``PUT``) write the request
+body to a file in ``--upload-dir`` (deleted once answered): ``data_received`` writing on the
+loop, ``await run_in_executor(pool, f.write, chunk)`` per chunk, and
+`tornado_safestream.receive_on_executor`.
 
 ``--producer-sleep SECONDS`` makes executor, push and generator sleep that long before
 reading each chunk of ``/file``, in the worker, as a producer waiting on a database would.
@@ -55,6 +78,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -78,13 +102,32 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.iostream import StreamClosedError
 from tornado.netutil import bind_sockets
-from tornado.web import Application, RequestHandler, StaticFileHandler
+from tornado.web import Application, RequestHandler, StaticFileHandler, stream_request_body
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 import tornado_safestream
-from tornado_safestream import SafeStreamMixin, enable_thread_assertions, stream_on_executor
+from tornado_safestream import (
+    SafeStaticFileHandler,
+    SafeStreamMixin,
+    SafeWebSocketMixin,
+    enable_thread_assertions,
+    receive_on_executor,
+    stream_on_executor,
+)
 
 HOST = "127.0.0.1"
-VARIANTS = ("static", "loop", "executor", "broken", "push", "generator")
+VARIANTS = (
+    "static",
+    "safe-static",
+    "loop",
+    "executor",
+    "broken",
+    "push",
+    "generator",
+    "ws-mixin",
+    "ws-callback",
+)
+STATIC_VARIANTS = ("static", "safe-static", "ws-mixin", "ws-callback")
 
 
 @dataclass(frozen=True)
@@ -124,6 +167,19 @@ class StaticDownload(StaticFileHandler):
     @classmethod
     def get_content_version(cls, abspath: str) -> str:
         # Tornado's default hashes the whole file on the loop (and gives up over 64 MiB).
+        stat = os.stat(abspath)
+        return f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
+
+
+class SafeStaticDownload(SafeStaticFileHandler):
+    """`SafeStaticFileHandler` (default settings) for one file, versioned as `StaticDownload`."""
+
+    def parse_url_path(self, url_path: str) -> str:
+        return self.default_filename or url_path
+
+    @classmethod
+    def get_content_version(cls, abspath: str) -> str:
+        # called in the executor by SafeStaticFileHandler
         stat = os.stat(abspath)
         return f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
 
@@ -256,6 +312,137 @@ def default_max_buffer_bytes() -> int | None:
     return default if isinstance(default, int) else None
 
 
+# -- WebSockets: a worker thread sends ----------------------------------------------------
+
+
+def ws_message(i: int, size: int) -> bytes:
+    """Message *i* of the WebSocket scenarios: *i* in 8 ASCII digits, then dots (*size* bytes)."""
+    head = b"%08d" % i
+    return head[:size] + b"." * (size - len(head))
+
+
+class WsFigures:
+    """What the sending threads did, for ``/stats`` (guarded by ``lock``: threads and loop)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sent = 0  # messages handed to write_message / add_callback, all threads
+        self.threads = 0  # sending threads running
+        self.errors: list[str] = []
+        self.handlers: list[WebSocketHandler] = []  # read on the loop only (buffered_bytes)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            figures: dict[str, Any] = {
+                "sent": self.sent,
+                "threads": self.threads,
+                "errors": list(self.errors[:5]),
+            }
+        buffered = [getattr(h, "buffered_bytes", None) for h in self.handlers]
+        figures["buffered_bytes"] = [b for b in buffered if b is not None]
+        mbb = [getattr(h, "max_buffer_bytes", None) for h in self.handlers]
+        figures["max_buffer_bytes"] = next((m for m in mbb if isinstance(m, int)), None)
+        return figures
+
+
+WS = WsFigures()
+
+
+def write_figures(path: str) -> None:
+    """Every 0.25 s, the sending threads' figures to *path* (JSON, replaced whole)."""
+    while True:
+        with WS.lock:
+            figures = {"sent": WS.sent, "threads": WS.threads, "at": time.monotonic()}
+        temporary = f"{path}.tmp"
+        with open(temporary, "w", encoding="ascii") as f:
+            json.dump(figures, f)
+        os.replace(temporary, path)
+        time.sleep(0.25)
+
+
+class WsSender:
+    """The ``/ws`` protocol of both WebSocket variants; `send` is how each one sends."""
+
+    def open_sender(self) -> None:
+        # set on the loop (open) before the sending thread starts, which orders the two
+        self.stopping = threading.Event()  # set on the loop by on_close, read by the thread
+
+    def command(self, handler: WebSocketHandler, message: str | bytes) -> None:
+        words = (message.decode() if isinstance(message, bytes) else message).split()
+        if words and words[0] == "flood" and len(words) == 3:
+            count, size = int(words[1]), int(words[2])
+        elif words and words[0] == "stall" and len(words) == 2:
+            count, size = -1, int(words[1])
+        else:
+            handler.close(1003, "expected 'flood N SIZE' or 'stall SIZE'")
+            return
+        WS.handlers.append(handler)
+        threading.Thread(
+            target=self._produce, args=(count, size), name="bench-ws-sender", daemon=True
+        ).start()
+
+    def _produce(self, count: int, size: int) -> None:
+        """In the sending thread: *count* messages (-1: until closed), numbered from 0."""
+        with WS.lock:
+            WS.threads += 1
+        i = 0
+        try:
+            while (count < 0 or i < count) and not self.stopping.is_set():
+                self.send(ws_message(i, size))
+                i += 1
+                with WS.lock:  # a fraction of a microsecond, the same for both variants
+                    WS.sent += 1
+        except WebSocketClosedError:
+            pass
+        except Exception as e:  # reported in /stats
+            with WS.lock:
+                WS.errors.append(f"{type(e).__name__}: {e}")
+        finally:
+            with WS.lock:
+                WS.threads -= 1
+
+    def send(self, message: bytes) -> None:
+        raise NotImplementedError
+
+
+class WsMixin(SafeWebSocketMixin, WsSender, WebSocketHandler):
+    """`SafeWebSocketMixin` with its default settings: the thread calls ``write_message``."""
+
+    def open(self) -> None:
+        self.open_sender()
+
+    def on_message(self, message: str | bytes) -> None:
+        self.command(self, message)
+
+    def on_close(self) -> None:
+        self.stopping.set()
+
+    def send(self, message: bytes) -> None:
+        self.write_message(message, binary=True)  # a Future; "wait" blocks while full
+
+
+class WsCallback(WsSender, WebSocketHandler):
+    """A plain ``WebSocketHandler``: the thread calls ``IOLoop.add_callback(write_message)``."""
+
+    def open(self) -> None:
+        self.open_sender()
+        self.loop = IOLoop.current()
+
+    def on_message(self, message: str | bytes) -> None:
+        self.command(self, message)
+
+    def on_close(self) -> None:
+        self.stopping.set()
+
+    def send(self, message: bytes) -> None:
+        self.loop.add_callback(self._write, message)
+
+    def _write(self, message: bytes) -> None:
+        # on the loop; a connection closed meanwhile is not an error here
+        with contextlib.suppress(WebSocketClosedError):
+            self.write_message(message, True)
+
+
 # -- /ping and /stats ----------------------------------------------------------------------
 
 
@@ -263,6 +450,85 @@ class Ping(RequestHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "text/plain")
         self.write(b"pong")
+
+
+# -- /upload/<style>: a request body to a file ----------------------------------------------
+
+#: Largest upload the servers accept (Tornado's default is 100 MB).
+MAX_UPLOAD = 64 * 1024**3
+
+
+class _UploadBase(RequestHandler):
+    """The body goes to a new file in ``directory``, deleted once the response is sent."""
+
+    def initialize(self, directory: str, executor: Executor) -> None:
+        self.directory = directory
+        self.executor = executor
+        self.path = os.path.join(directory, f"upload-{id(self)}-{time.monotonic_ns()}.bin")
+        self.file: BinaryIO | None = None
+        self.size = 0
+
+    def _done(self) -> None:
+        self.write({"size": self.size})
+
+    def on_finish(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+@stream_request_body
+class LoopUpload(_UploadBase):
+    """``data_received`` writes each chunk to the file on the loop."""
+
+    def data_received(self, chunk: bytes) -> None:
+        if self.file is None:
+            self.file = open(self.path, "wb")  # noqa: SIM115 (closed in on_finish)
+        self.file.write(chunk)
+        self.size += len(chunk)
+
+    def put(self) -> None:
+        self._done()
+
+
+@stream_request_body
+class ExecutorUpload(_UploadBase):
+    """``await run_in_executor(pool, f.write, chunk)`` per chunk: the usual correct handler."""
+
+    async def data_received(self, chunk: bytes) -> None:
+        loop = IOLoop.current()
+        if self.file is None:
+            self.file = await loop.run_in_executor(self.executor, open, self.path, "wb")
+        file = self.file
+        assert file is not None
+        await loop.run_in_executor(self.executor, file.write, chunk)
+        self.size += len(chunk)
+
+    def put(self) -> None:
+        self._done()
+
+
+@stream_request_body
+class ReceiveUpload(SafeStreamMixin, _UploadBase):
+    """`tornado_safestream.receive_on_executor`: each chunk written in the executor."""
+
+    @receive_on_executor
+    def data_received(self, chunk: bytes) -> None:
+        if self.file is None:
+            self.file = open(self.path, "wb")  # noqa: SIM115 (closed in on_finish)
+        self.file.write(chunk)
+        self.size += len(chunk)
+
+    def put(self) -> None:
+        self._done()
+
+
+UPLOADS: dict[str, type[RequestHandler]] = {
+    "loop": LoopUpload,
+    "executor": ExecutorUpload,
+    "receive": ReceiveUpload,
+}
 
 
 class SleepProbe(RequestHandler):
@@ -399,6 +665,8 @@ class Stats(RequestHandler):
             "library_options": info.library_options,
             "open_files_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         }
+        if info.variant.startswith("ws-"):
+            body["websocket"] = WS.snapshot()
         found = library_stats()
         if found is not None:
             body["library_stats"] = found
@@ -427,18 +695,28 @@ def make_app(args: argparse.Namespace, info: ServerInfo, executor: Executor) -> 
         "broken": BrokenDownload,
         **library_handlers(args.max_buffer_bytes, dict(args.option)),
     }
+    static_class = SafeStaticDownload if variant == "safe-static" else StaticDownload
     for url, path in files:
-        if variant == "static":
+        if variant in STATIC_VARIANTS:
             directory, name = os.path.split(os.path.abspath(path))
             # "()" captures the empty string, which parse_url_path maps to the file's name
-            routes.append(
-                (url + "()", StaticDownload, {"path": directory, "default_filename": name})
-            )
+            routes.append((url + "()", static_class, {"path": directory, "default_filename": name}))
         else:
             sleep = args.producer_sleep if url == "/file" else 0.0
             config = FileConfig(path, args.chunk, executor, not args.chunked, sleep)
             routes.append((url, classes[variant], {"config": config}))
+    if args.static_dir and variant in STATIC_VARIANTS:
+        routes.append((r"/dir/(.+)", static_class, {"path": os.path.abspath(args.static_dir)}))
+    if variant == "ws-mixin":
+        routes.append((r"/ws", WsMixin, {}))
+    elif variant == "ws-callback":
+        routes.append((r"/ws", WsCallback, {}))
     routes.append((r"/sleep", SleepProbe, {}))
+    upload_dir = args.upload_dir or os.path.dirname(os.path.abspath(args.file))
+    for style, handler in UPLOADS.items():
+        routes.append(
+            (f"/upload/{style}", handler, {"directory": upload_dir, "executor": executor})
+        )
     # No access log: the same for every variant, and not what is measured.
     return Application(routes, log_function=lambda handler: None, **dict(args.app_setting))
 
@@ -471,7 +749,7 @@ async def serve(args: argparse.Namespace) -> None:
     executor = ThreadPoolExecutor(args.executor_threads, thread_name_prefix=f"bench-{variant}")
     app = make_app(args, info, executor)
     sockets = bind_sockets(args.port, HOST, backlog=1024)
-    server = HTTPServer(app)
+    server = HTTPServer(app, max_body_size=MAX_UPLOAD)
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
 
@@ -487,6 +765,10 @@ async def serve(args: argparse.Namespace) -> None:
             _exit_now(1)
 
     PeriodicCallback(watchdog, 1000).start()
+    if args.figures_file:
+        threading.Thread(
+            target=write_figures, args=(args.figures_file,), name="bench-figures", daemon=True
+        ).start()
 
     if args.port_file:
         temporary = f"{args.port_file}.tmp"
@@ -515,6 +797,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port-file", help="also write the port to this file")
     parser.add_argument("--file", required=True, help="the file served at /file")
     parser.add_argument("--small-file", help="a file served at /small, through the same variant")
+    parser.add_argument("--static-dir", help="static, safe-static: serve its files at /dir/NAME")
+    parser.add_argument("--figures-file", help="ws-*: write the sender's figures there, 4 a second")
     parser.add_argument("--chunk", type=int, default=64 * 1024, help="chunk size in bytes")
     parser.add_argument("--executor-threads", type=int, default=4, help="thread pool size")
     parser.add_argument(
@@ -527,6 +811,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--chunked",
         action="store_true",
         help="do not set Content-Length (loop/executor/push/generator): chunked encoding",
+    )
+    parser.add_argument(
+        "--upload-dir",
+        help="where /upload/<style> writes request bodies (default: --file's directory)",
     )
     parser.add_argument(
         "--producer-sleep",

@@ -19,6 +19,7 @@ API_NAMES = (
     "enable_thread_assertions",
     "disable_thread_assertions",
     "thread_assertions",
+    "receive_on_executor",
     "__version__",
     # Added in 0.2
     "SafeStaticFileHandler",
@@ -70,6 +71,7 @@ class TestPublicApi:
             "SafeStaticFileHandler",
             "SafeWebSocketMixin",
             "broadcast",
+            "receive_on_executor",
         ):
             module = getattr(tornado_safestream, name).__module__
             assert module.split(".")[0] == "tornado_safestream", (name, module)
@@ -100,3 +102,12 @@ class TestPublicApi:
         assert isinstance(result, tuple)
         assert result._fields == ("sent", "dropped", "closed")
         assert tuple(result) == (3, 1, 2)
+
+
+class TestMultipartModule:
+    def test_all(self) -> None:
+        from tornado_safestream import multipart
+
+        assert multipart.__all__ == ("DiskFile", "FileTarget", "MultipartForm", "Part")
+        for name in multipart.__all__:
+            assert getattr(multipart, name).__module__.startswith("tornado_safestream")

@@ -25,6 +25,7 @@ from tornado_safestream._readahead import (
     GROW_SECONDS,
     HORIZON,
     MIN_WINDOW,
+    RAMP_SECONDS,
     START_WINDOW,
     ReadAhead,
 )
@@ -40,21 +41,24 @@ class TestReadAheadAlone:
     def test_starts_small_and_doubles_at_most_once_per_grow_interval(self) -> None:
         ahead = ReadAhead(CEILING)
         assert ahead.window == START_WINDOW
-        assert ahead.observe(MiB, 0.0001, kept_up=True, now=10.0) == 2 * START_WINDOW
-        assert ahead.observe(MiB, 0.0001, kept_up=True, now=10.0 + GROW_SECONDS / 2) == (
+        big = 64 * MiB  # a fast client: its rate does not hold the window back
+        assert ahead.observe(big, 0.0001, kept_up=True, now=10.0) == 2 * START_WINDOW
+        assert ahead.observe(big, 0.0001, kept_up=True, now=10.0 + GROW_SECONDS / 2) == (
             2 * START_WINDOW
         )
-        assert ahead.observe(MiB, 0.0001, kept_up=True, now=10.0 + GROW_SECONDS) == (
+        assert ahead.observe(big, 0.0001, kept_up=True, now=10.0 + GROW_SECONDS) == (
             4 * START_WINDOW
         )
 
-    def test_never_above_the_ceiling(self) -> None:
-        ahead = ReadAhead(300 * KiB)
-        for step in range(10):
-            ahead.observe(MiB, 0.0001, kept_up=True, now=float(step))
-        assert ahead.window == 300 * KiB
-        assert ReadAhead(KiB).window == KiB  # a ceiling below the minimum stays the ceiling
-        assert ReadAhead(KiB).observe(64 * KiB, 10.0, kept_up=False, now=1.0) == KiB
+    def test_the_kernel_buffers_filling_at_first_do_not_pass_for_a_fast_client(self) -> None:
+        ahead = ReadAhead(CEILING)
+        now = 10.0
+        for _ in range(6):  # 1.5 MiB taken at once in 30 ms, then the client is slow
+            now += GROW_SECONDS
+            ahead.observe(256 * KiB, 0.0001, kept_up=True, now=now)
+        # What an average over RAMP_SECONDS allows: 1.5 MiB / 0.25 s * HORIZON.
+        assert ahead.window == max(START_WINDOW, int(1.5 * MiB / RAMP_SECONDS * HORIZON))
+        assert ahead.window < CEILING // 4
 
     def test_a_slow_client_gets_what_it_takes_in_the_horizon_at_least_the_minimum(self) -> None:
         ahead = ReadAhead(CEILING)
@@ -69,13 +73,13 @@ class TestReadAheadAlone:
         now = 0.0
         for _ in range(8):  # fast
             now += GROW_SECONDS
-            ahead.observe(MiB, 0.0001, kept_up=True, now=now)
+            ahead.observe(64 * MiB, 0.0001, kept_up=True, now=now)
         assert ahead.window == CEILING
         ahead.observe(64 * KiB, 0.5, kept_up=False, now=now + 1)  # slow
         assert ahead.window == MIN_WINDOW
         for _ in range(8):  # fast again
             now += 1
-            ahead.observe(MiB, 0.0001, kept_up=True, now=now)
+            ahead.observe(64 * MiB, 0.0001, kept_up=True, now=now)
         assert ahead.window == CEILING
 
     def test_repr_shows_the_window(self) -> None:

@@ -25,6 +25,7 @@ __all__ = (
     "broadcast",
     "disable_thread_assertions",
     "enable_thread_assertions",
+    "receive_on_executor",
     "stream_on_executor",
     "thread_assertions",
 )
@@ -37,6 +38,7 @@ from ._broadcast import broadcast as broadcast
 from ._decorator import stream_on_executor as stream_on_executor
 from ._errors import WrongThreadError as WrongThreadError
 from ._mixin import SafeStreamMixin as SafeStreamMixin
+from ._receive import receive_on_executor as receive_on_executor
 from ._static import SafeStaticFileHandler as SafeStaticFileHandler
 from ._websocket import SafeWebSocketMixin as SafeWebSocketMixin
 

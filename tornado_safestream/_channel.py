@@ -51,10 +51,11 @@ from typing import Any, Callable, Union
 
 from tornado.iostream import StreamClosedError
 
-from ._memory import Reservation, memory_cap
+from ._memory import Account, memory_cap
 from ._readahead import START_WINDOW
 from ._sendfile import FileRange
 from ._waiting import POLL_SECONDS, ProducerFuture
+from ._waker import waker_for
 
 __all__ = ("FLUSH", "Call", "Channel", "End", "Item", "Offer", "Op", "Put", "producing")
 
@@ -160,6 +161,7 @@ class Channel:
         self.where = where
         self.max_buffer_bytes = max_buffer_bytes
         self._loop = loop
+        self._waker = waker_for(loop)
 
         self._cap = memory_cap()
         self._cap.join()
@@ -172,8 +174,8 @@ class Channel:
         self._pending = 0  # written by the producer, not yet handed to the socket
         self._window = min(START_WINDOW, max_buffer_bytes)  # set by the consumer (`sent`)
         self._pulled = False  # a generator producer: the read-ahead window applies
-        self._reservation = Reservation()  # bytes reserved under the memory cap
-        self._queued = False  # waiting in the cap's queue for a grant
+        self._account = Account(self._cap)  # what is reserved under the memory cap
+        self._reservation = self._account.reservation
         self._peak = 0  # the most bytes pending at once
         self._blocked = 0.0  # seconds the producer waited for room (blocked or parked)
         self._parked_at = 0.0
@@ -410,16 +412,7 @@ class Channel:
         Warning! Call with _lock held. ``force``: reserve it whatever the cap (the item goes
         alone, or the loop thread can't wait).
         """
-        need = self._pending + nbytes - self._reservation.nbytes
-        if need <= 0:
-            return True
-        if force:
-            self._reservation.nbytes += self._cap.reserve(self, need, 0)
-            return True
-        got = self._cap.reserve(self, 0, need)
-        self._reservation.nbytes += got
-        self._queued = got < need
-        return not self._queued
+        return self._account.reserve_more(self, self._pending, nbytes, force)
 
     def wake_soon(self) -> None:
         """
@@ -494,27 +487,12 @@ class Channel:
         not per chunk. What the cap does not cover of what the stream already holds is
         reserved all the same (*forced*: the bytes exist), and the producer must wait.
         """
-        limit = self._limit()
-        need = self._pending - self._reservation.nbytes
-        want = 0 if self._queued else limit - max(self._pending, self._reservation.nbytes)
-        if need <= 0 and want <= 0:
-            return min(limit, self._reservation.nbytes) - self._pending
-        ask = max(need, 0) + max(want, 0)
-        got = self._cap.reserve(self, 0, ask)
-        self._reservation.nbytes += got
-        self._queued = got < ask
-        short = self._pending - self._reservation.nbytes
-        if short > 0:
-            self._reservation.nbytes += self._cap.reserve(self, short, 0)
-            return -1
-        return min(limit, self._reservation.nbytes) - self._pending
+        return self._account.room(self, self._pending, self._limit())
 
     def _may_go_on(self) -> bool:
         # Warning! Call with _lock held. A stopped producer goes on once its client took half
         # of its limit, or everything if the cap allows it nothing more than it holds.
-        return (
-            self._pending <= min(self._limit(), self._reservation.nbytes) // 2 or self._pending == 0
-        )
+        return self._account.may_go_on(self._pending, self._limit())
 
     def _wait_for_budget(self) -> None:
         started = time.monotonic()
@@ -551,7 +529,7 @@ class Channel:
 
     def _wake_consumer(self) -> None:
         try:
-            self._loop.call_soon_threadsafe(self.wake)
+            self._waker.wake(self.wake)
         except RuntimeError:  # the loop is closed: nobody will ever send these bytes
             with self._lock:
                 if self._closed is None:
@@ -609,12 +587,7 @@ class Channel:
             # held when other streams wait for bytes, so that they get their turn, and when
             # nothing is held or queued (an idle WebSocket, a producer slower than its client).
             idle = not self._pending and not self._ops
-            keep = (
-                self._pending if idle or self._cap.contended else max(self._pending, self._limit())
-            )
-            release = self._reservation.nbytes - keep
-            if release > 0:
-                self._reservation.nbytes = keep
+            release = self._account.settle(self._pending, self._limit(), idle)
             resume = self._wake_producer()
         if release > 0:
             self._cap.release(release)
@@ -628,8 +601,7 @@ class Channel:
                 resume = False
             else:
                 give_back = 0
-                self._reservation.nbytes += nbytes
-                self._queued = False
+                self._account.granted(nbytes)
                 self._budget.notify_all()  # a sender waiting in `offer`, whatever the level
                 resume = self._wake_producer()
         if give_back:

@@ -34,6 +34,7 @@ from typing import NamedTuple, Protocol
 
 __all__ = (
     "DEFAULT_MEMORY_CAP",
+    "Account",
     "MemoryCap",
     "MemoryStats",
     "Reservation",
@@ -200,6 +201,104 @@ class MemoryCap:
         if self._held > self._peak:
             self._peak = self._held
         return grants
+
+
+class Account:
+    """
+    One stream's side of the cap: what it reserved, and whether it waits in the cap's queue.
+
+    The budget arithmetic every face of the engine shares (responses and request bodies
+    alike): a stream reserves its limit once per window, not per chunk; bytes it already
+    holds are reserved whatever the cap (*forced*: they exist); it may go on once it holds
+    at most half of what it may hold. Outbound, the producer is a worker thread and the
+    bytes leave through the socket; inbound, the producer is the IOLoop (Tornado reading a
+    request body) and the bytes leave through the worker that consumes them.
+
+    .. warning::
+
+       Not thread-safe on its own: every method is called with the owning stream's lock
+       held (lock order: the stream's lock, then the cap's).
+    """
+
+    __slots__ = ("_cap", "queued", "reservation")
+
+    def __init__(self, cap: MemoryCap) -> None:
+        self._cap = cap
+        self.reservation = Reservation()
+        self.queued = False  # waiting in the cap's queue for a grant
+
+    @property
+    def nbytes(self) -> int:
+        return self.reservation.nbytes
+
+    def room(self, stream: Reserver, pending: int, limit: int) -> int:
+        """
+        How many more bytes the stream may add to its ``pending`` (negative: it must wait).
+
+        Reserves under the cap what the stream holds and, unless it already waits in the
+        cap's queue, up to ``limit``: once per window, not per chunk. What the cap does not
+        cover of what the stream already holds is reserved all the same (*forced*: the bytes
+        exist), and the producer must wait.
+        """
+        reservation = self.reservation
+        need = pending - reservation.nbytes
+        want = 0 if self.queued else limit - max(pending, reservation.nbytes)
+        if need <= 0 and want <= 0:
+            return min(limit, reservation.nbytes) - pending
+        ask = max(need, 0) + max(want, 0)
+        got = self._cap.reserve(stream, 0, ask)
+        reservation.nbytes += got
+        self.queued = got < ask
+        short = pending - reservation.nbytes
+        if short > 0:
+            reservation.nbytes += self._cap.reserve(stream, short, 0)
+            return -1
+        return min(limit, reservation.nbytes) - pending
+
+    def may_go_on(self, pending: int, limit: int) -> bool:
+        """
+        Whether a stopped producer may go on: once half of its limit drained, or everything
+        if the cap allows it nothing more than it holds.
+        """
+        return pending <= min(limit, self.reservation.nbytes) // 2 or pending == 0
+
+    def settle(self, pending: int, limit: int, idle: bool = False) -> int:
+        """
+        After bytes drained: keep the reservation up to ``limit`` while streaming, or only
+        ``pending`` when other streams wait for bytes, so that they get their turn, and when
+        the stream is ``idle`` (nothing held or queued: an idle WebSocket, a producer slower
+        than its client), so that idle streams hold nothing.
+
+        :return: the bytes to give back to the cap (`MemoryCap.release`, once the stream's
+            lock is let go).
+        """
+        keep = pending if idle or self._cap.contended else max(pending, limit)
+        release = self.reservation.nbytes - keep
+        if release <= 0:
+            return 0
+        self.reservation.nbytes = keep
+        return release
+
+    def reserve_more(self, stream: Reserver, pending: int, nbytes: int, force: bool) -> bool:
+        """
+        Reserve what ``nbytes`` more than ``pending`` need, for an item that must fit whole
+        (a WebSocket message); whether the cap allowed it. ``force``: whatever the cap.
+        """
+        need = pending + nbytes - self.reservation.nbytes
+        if need <= 0:
+            return True
+        if force:
+            self.reservation.nbytes += self._cap.reserve(stream, need, 0)
+            return True
+        got = self._cap.reserve(stream, 0, need)
+        self.reservation.nbytes += got
+        self.queued = got < need
+        return not self.queued
+
+    def granted(self, nbytes: int) -> None:
+        """The cap granted ``nbytes`` this stream waited for."""
+        self.reservation.nbytes += nbytes
+        self.queued = False
 
 
 def _deliver(grants: list[tuple[Reserver, int]]) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
+from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler
 
 from ._calls import FLUSHING_METHODS, RESPONSE_METHODS
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
     from asyncio import Future
 
     from ._consumer import Consumer
+    from ._inbound import Inbound
     from ._stats import StreamStats
 
     _HandlerBase = RequestHandler
@@ -98,6 +101,10 @@ class SafeStreamMixin(_HandlerBase):
     # _output), and whether Tornado's finish() is running (its flush carries the last chunk).
     _safestream_output: Output | None = None
     _safestream_finishing = False
+    # Loop-owned: the request body's inbound channel (`.receive_on_executor`), once a chunk came.
+    _safestream_inbound: Inbound[bytes] | None = None
+    # Per class, set at its creation: its data_received is a `.receive_on_executor` method.
+    _safestream_receives = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -109,6 +116,35 @@ class SafeStreamMixin(_HandlerBase):
                 f"RequestHandler base, as in class {cls.__name__}(SafeStreamMixin, "
                 "RequestHandler); behind it, its methods are never called"
             )
+        receiver = inspect.getattr_static(cls, "data_received", None)
+        cls._safestream_receives = bool(getattr(receiver, "_safestream_receiver", False))
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if self._safestream_receives and not getattr(type(self), "_stream_request_body", False):
+            # Tornado's (private) flag, set by @stream_request_body after the class was
+            # created: without it, Tornado reads the whole body into memory and never calls
+            # data_received.
+            cls = type(self)
+            raise TypeError(
+                f"{cls.__qualname__}.data_received() is a @receive_on_executor method, but "
+                f"{cls.__qualname__} is not decorated with @tornado.web.stream_request_body, "
+                "so Tornado would buffer the whole body and never call it; add "
+                f"@stream_request_body above class {cls.__name__}"
+            )
+        super().__init__(*args, **kwargs)
+
+    def on_receive_aborted(self, error: BaseException) -> None:
+        """
+        Called in the executor when a request body received with `.receive_on_executor` will
+        not be complete: a ``data_received`` call raised (``error`` is its exception), or the
+        client left (``error`` is a `~tornado.iostream.StreamClosedError`). It runs once,
+        after the last ``data_received`` call returned, never beside one, and the verb method
+        will not run: override it to close and delete what ``data_received`` started (a
+        partial file). It is not called for a body that was received whole. Exceptions it
+        raises are logged.
+
+        .. versionadded:: 0.2
+        """
 
     def write(self, chunk: str | bytes | dict[str, Any]) -> None:
         channel = _producer_channel(self, "write")
@@ -179,6 +215,9 @@ class SafeStreamMixin(_HandlerBase):
         consumer = self._safestream_consumer
         if consumer is not None:
             consumer.client_gone()
+        inbound = self._safestream_inbound
+        if inbound is not None:
+            inbound.abort(StreamClosedError())
         super().on_connection_close()
 
 

@@ -182,8 +182,20 @@ class GeneratorProducer:
         finally:
             producing.channel = None
         if pulled is _Pulled.FULL:
-            return not channel.park()  # not parked: room again, pull on later
-        return pulled is _Pulled.SLICE
+            if channel.park():
+                return False
+        elif pulled is _Pulled.OVER:
+            return False
+        # Room again, or the slice is over: one that computes takes its next turn in the
+        # lane; one that waits (a query) leaves it, for a task of its own.
+        return self._pacing.computes or not channel.call_soon(self._to_own_task)
+
+    def _to_own_task(self) -> None:
+        # On the loop thread: the slice that called this let go of the generator.
+        try:
+            self._submit(self._task)
+        except Exception as error:  # the executor was shut down
+            self._channel.end(error)
 
     def _pull_timed(self, deadline: float | None, in_lane: bool) -> _Pulled:
         self._pacing.start()

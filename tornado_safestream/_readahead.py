@@ -9,9 +9,11 @@ megabyte.
 
 The consumer reports every flush (`ReadAhead.observe`): how many bytes, how long the socket
 took to take them, and whether it took them all at once. A socket that takes a flush at once
-is not what limits the stream: the window doubles, at most once every `GROW_SECONDS`, so
-that the kernel's socket buffers filling in the first milliseconds of a client that then
-stops reading do not pass for a fast client. A socket that makes a flush wait tells the
+is not what limits the stream: the window doubles, at most once every `GROW_SECONDS`, and
+never beyond what the client's average rate since the stream started (counted over at least
+`RAMP_SECONDS`) takes in `HORIZON` seconds, so that the kernel's socket buffers filling in
+the first milliseconds of a slow client, or of one that then stops reading, do not pass for
+a fast client. A socket that makes a flush wait tells the
 client's rate: the window becomes what the client takes in `HORIZON` seconds.
 
 .. warning::
@@ -21,27 +23,31 @@ client's rate: the window becomes what the client takes in `HORIZON` seconds.
 
 from __future__ import annotations
 
-__all__ = ("GROW_SECONDS", "HORIZON", "MIN_WINDOW", "START_WINDOW", "ReadAhead")
+__all__ = ("GROW_SECONDS", "HORIZON", "MIN_WINDOW", "RAMP_SECONDS", "START_WINDOW", "ReadAhead")
 
 #: The smallest window: one typical chunk.
 MIN_WINDOW = 64 * 1024
 #: A new stream's window, before anything is known about its client.
-START_WINDOW = 256 * 1024
+START_WINDOW = 128 * 1024
 #: Seconds of the client's measured rate that a stream may hold for it.
 HORIZON = 0.05
 #: The window doubles at most once in this many seconds.
 GROW_SECONDS = 0.005
+#: While a stream is younger than this, its average rate is counted over this long.
+RAMP_SECONDS = 0.25
 
 
 class ReadAhead:
     """The adaptive window of one stream. See the module docstring."""
 
-    __slots__ = ("_grown_at", "ceiling", "window")
+    __slots__ = ("_grown_at", "_sent", "_started", "ceiling", "window")
 
     def __init__(self, ceiling: int) -> None:
         self.ceiling = ceiling
         self.window = min(START_WINDOW, ceiling)
         self._grown_at = float("-inf")
+        self._started: float | None = None  # the first flush's start
+        self._sent = 0  # bytes of every flush observed
 
     def __repr__(self) -> str:
         return f"<ReadAhead window={self.window}/{self.ceiling}>"
@@ -55,9 +61,18 @@ class ReadAhead:
         :param now: ``time.monotonic()``.
         :return: the new window.
         """
+        if self._started is None:
+            self._started = now - seconds
+        self._sent += nbytes
         if kept_up:
             if self.window < self.ceiling and now - self._grown_at >= GROW_SECONDS:
-                self.window = min(self.ceiling, self.window * 2)
+                # No more than the client's average rate since the start (counted over at
+                # least RAMP_SECONDS) allows: what the kernel's buffers take at first does not
+                # make a slow client look fast.
+                rate = self._sent / max(now - self._started, RAMP_SECONDS)
+                self.window = min(
+                    self.ceiling, self.window * 2, max(self.window, int(rate * HORIZON))
+                )
                 self._grown_at = now
         elif nbytes >= MIN_WINDOW // 4 and seconds > 0:
             rate = nbytes / seconds

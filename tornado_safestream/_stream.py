@@ -85,10 +85,15 @@ async def run_stream(
     context = contextvars.copy_context()
 
     def submit(task: Callable[[], None]) -> None:
-        if executor is None:
-            loop.run_in_executor(None, task).add_done_callback(_log_task_error)
+        # Straight to the executor, not through loop.run_in_executor(): its asyncio future
+        # would wake the loop when each task ends (and, on Python 3.9, log an error for a
+        # task that ends after the loop was closed). For the IOLoop's default executor, that
+        # means asyncio's (private) attribute, there once created by a first run_in_executor.
+        pool = executor if executor is not None else getattr(loop, "_default_executor", None)
+        if isinstance(pool, concurrent.futures.Executor):
+            pool.submit(task).add_done_callback(_log_task_error)
         else:
-            executor.submit(task).add_done_callback(_log_task_error)
+            loop.run_in_executor(None, task).add_done_callback(_log_task_error)
 
     producer: PushProducer | GeneratorProducer
     if is_generator:

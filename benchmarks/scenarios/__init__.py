@@ -7,7 +7,18 @@ tables, its targets and the data files it needs.
 
 from __future__ import annotations
 
-from benchmarks.scenarios import big, blocking, concurrent, slow, small, stalled
+from benchmarks.scenarios import (
+    big,
+    blocking,
+    cold,
+    concurrent,
+    slow,
+    small,
+    stalled,
+    upload,
+    ws_rate,
+    ws_stalled,
+)
 from benchmarks.scenarios.base import Scenario
 
 __all__ = ("SCENARIOS", "Scenario")
@@ -22,5 +33,9 @@ SCENARIOS: dict[str, Scenario] = {
         blocking.SCENARIO,
         slow.SCENARIO,
         stalled.SCENARIO,
+        upload.SCENARIO,
+        cold.SCENARIO,
+        ws_rate.SCENARIO,
+        ws_stalled.SCENARIO,
     )
 }

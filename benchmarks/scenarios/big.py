@@ -1,13 +1,15 @@
 """
 ``big``: one client (``curl -o /dev/null``) downloads a 128 MiB file in 64 KiB chunks: MB/s
 and the server's CPU seconds per GiB sent, against `StaticFileHandler` in the same run.
+Targets: push and generator >= 1.25x static's MB/s at <= 1.2x its CPU per GiB;
+`SafeStaticFileHandler` (``safe-static``, ``sendfile``) >= 1.25x at <= 0.5x.
 """
 
 from __future__ import annotations
 
 from benchmarks.drivers import single_download
 from benchmarks.harness import Bench
-from benchmarks.plan import THROUGHPUT_VARIANTS
+from benchmarks.plan import BIG_VARIANTS
 from benchmarks.report import Target, fmt, ratio_targets, section
 from benchmarks.scenarios import throughput
 from benchmarks.scenarios.base import Scenario
@@ -19,7 +21,7 @@ __all__ = ("SCENARIO",)
 
 def run(bench: Bench) -> None:
     data = bench.files["big"]
-    variants = bench.variants(THROUGHPUT_VARIANTS)
+    variants = bench.variants(BIG_VARIANTS)
     if variants:
         print(f"\nbig: {size(data.size)}, {size(bench.plan.big_chunk)} chunks", flush=True)
     throughput.measure(
@@ -72,6 +74,27 @@ def targets(bench: Bench) -> list[Target]:
             unit=lambda v: f"{v:.2f} s/GiB",
         ),
         *throughput.assertion_targets(bench, "big"),
+        *ratio_targets(
+            bench,
+            "big: MB/s vs static",
+            "big",
+            "mbps",
+            "static",
+            1.25,
+            None,
+            labels=("safe-static",),
+        ),
+        *ratio_targets(
+            bench,
+            "big: server CPU/GiB vs static",
+            "big",
+            "cpu_per_gib",
+            "static",
+            None,
+            0.5,
+            labels=("safe-static",),
+            unit=lambda v: f"{v:.2f} s/GiB",
+        ),
     ]
 
 

@@ -2,8 +2,9 @@
 ``slow``: 40 clients reading at 256 KiB/s for 8 s from a 64 MiB file, an executor of 4
 threads: the server's peak RSS growth (``VmHWM`` from its ``/stats``, the peak reset first),
 the clients that received at least 256 KiB, and the p50/p99 latency of ``/ping`` (fresh
-connections, 20 a second) during the load. Targets: RSS growth <= 16 MiB for both styles,
-every client served in generator style (push serves as many as it has threads, by design).
+connections, 20 a second) during the load. Targets: RSS growth <= 16 MiB for both styles
+and `SafeStaticFileHandler` (``safe-static``, its default executor), every client served in
+generator style and by ``safe-static`` (push serves as many as it has threads, by design).
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def targets(bench: Bench) -> list[Target]:
     plan = bench.plan
     found: list[Target] = []
     limit = plan.slow_rss_limit
-    for label in ("push", "generator"):
+    for label in ("push", "generator", "safe-static"):
         growth = get(bench, "slow", label, "rss_growth")
         if growth is not None:
             found.append(
@@ -174,18 +175,19 @@ def targets(bench: Bench) -> list[Target]:
                 )
             )
     # push serves as many slow clients at a time as it has threads, by design: reported only
-    served = get(bench, "slow", "generator", "served_min")
-    if served is not None:
-        n = plan.slow_clients
-        found.append(
-            Target(
-                "slow: clients served (worst round)",
-                "generator",
-                f"{served}/{n}",
-                f"{n}/{n}",
-                served >= n,
+    for label in ("generator", "safe-static"):
+        served = get(bench, "slow", label, "served_min")
+        if served is not None:
+            n = plan.slow_clients
+            found.append(
+                Target(
+                    "slow: clients served (worst round)",
+                    label,
+                    f"{served}/{n}",
+                    f"{n}/{n}",
+                    served >= n,
+                )
             )
-        )
     found += ratio_targets(
         bench,
         "slow: /ping p99 vs static",

@@ -1,0 +1,21 @@
+"""
+Streamed ``multipart/form-data`` uploads, parsed in the executor.
+
+Needs the ``multipart`` extra (``pip install 'tornado-safestream[multipart]'``, which
+installs python-multipart). Feed a `MultipartForm` from a `.receive_on_executor`
+``data_received``: fields are kept as values, each file part goes to a `FileTarget` the
+application opens for it (`DiskFile`: a new file in a directory, with its SHA-256), with
+limits on parts, field size, header size and file size, and a body cut short is refused
+(400) with every file discarded.
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+__all__ = ("DiskFile", "FileTarget", "MultipartForm", "Part")
+
+from ._multipart import DiskFile as DiskFile
+from ._multipart import FileTarget as FileTarget
+from ._multipart import MultipartForm as MultipartForm
+from ._multipart import Part as Part
