@@ -62,6 +62,7 @@ nitpick_ignore: list[tuple[str, str]] = []
 nitpick_ignore_regex = [
     ("py:class", r"tornado_safestream\._[a-z_]+\._[A-Za-z]+"),
     ("py:class", r"_[A-Z][A-Za-z]*"),
+    ("py:obj", r"tornado_safestream\._[a-z_]+\._[A-Z][A-Za-z]*"),  # a Generic's type variable
     ("py:class", r"pytest\..*"),
     # broadcast()'s message: the alias of what write_message() takes (str, bytes, dict, ...).
     ("py:class", r"WebSocketMessage"),

@@ -17,6 +17,7 @@ import pytest
 
 import tornado_safestream
 import tornado_safestream.memory
+import tornado_safestream.multipart
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -37,7 +38,9 @@ def _api_entries() -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "module", [tornado_safestream, tornado_safestream.memory], ids=lambda m: m.__name__
+    "module",
+    [tornado_safestream, tornado_safestream.memory, tornado_safestream.multipart],
+    ids=lambda m: m.__name__,
 )
 def test_every_public_name_is_in_the_api_reference(module: object) -> None:
     names = set(getattr(module, "__all__", ()))

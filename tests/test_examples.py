@@ -356,6 +356,21 @@ def test_sse_tail_example_serves_its_demo_log_from_its_command() -> None:
         assert example.stop() == 0
 
 
+def test_upload_example_stores_a_put_from_its_command(tmp_path: Path) -> None:
+    example = _Example("upload", "--port", "0", "--directory", str(tmp_path))
+    try:
+        base = example.wait_for_line("http://")
+        data = os.urandom(3 * 1024 * 1024 + 5)
+        request = urllib.request.Request(base + "files/big.bin", data=data, method="PUT")
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            answer = response.read().decode()
+        assert hashlib.sha256(data).hexdigest() in answer
+        assert (tmp_path / "big.bin").read_bytes() == data
+        assert "<form" in _get(base).decode()
+    finally:
+        assert example.stop() == 0
+
+
 def test_every_example_is_covered_here() -> None:
     covered = {
         "download_demo",  # test_assertions.py
@@ -366,5 +381,6 @@ def test_every_example_is_covered_here() -> None:
         "websocket_feed",
         "sqlite_export",
         "sse_tail",
+        "upload",
     }
     assert {p.stem for p in EXAMPLES.glob("*.py")} == covered

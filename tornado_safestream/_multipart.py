@@ -77,7 +77,7 @@ class FileTarget(Protocol):
 class DiskFile:
     """
     A `FileTarget` that writes to a new file in ``directory`` (a name of its own, never the
-    client's), computing its SHA-256 as it goes; `discard` deletes it. Move `path` where the
+    client's), computing its SHA-256 as it goes; ``discard()`` deletes it. Move ``path`` where the
     file belongs once the form is finished (`os.replace`).
     """
 
