@@ -31,7 +31,7 @@ DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "latest.json"
 DEFAULT_OUTPUT = ROOT / "docs" / "_static" / "benchmarks"
 
 #: The variants that are the library; the others are references to compare with.
-LIBRARY = ("push", "generator", "push+assert", "generator+assert")
+LIBRARY = ("push", "generator", "push+assert", "generator+assert", "safe-static", "ws-mixin")
 LIBRARY_COLOUR = "#2a7ab0"
 REFERENCE_COLOUR = "#9a9a9a"
 BROKEN_COLOUR = "#c0504d"
@@ -78,6 +78,15 @@ def _rss(summary: dict[str, Any]) -> list[Bar]:
         growth = _number(figures.get("rss_growth"))
         if growth is not None:
             bars.append(Bar(variant, growth / MIB))
+    return bars
+
+
+def _field(summary: dict[str, Any], name: str, scale: float = 1.0) -> list[Bar]:
+    bars = []
+    for variant, figures in summary.items():
+        value = _number(figures.get(name))
+        if value is not None:
+            bars.append(Bar(variant, value / scale))
     return bars
 
 
@@ -140,6 +149,32 @@ def panels(results: dict[str, Any]) -> list[Panel]:
                 f"stalled: {streams} streams not read",
                 "server RSS growth, MiB",
                 _rss(summary["stalled"]),
+                lower_is_better=True,
+            )
+        )
+    if "cold" in summary:
+        out.append(
+            Panel(
+                "cold files: /ping p99 meanwhile",
+                "ms",
+                _field(summary["cold"], "ping_p99"),
+                lower_is_better=True,
+            )
+        )
+    if "ws-rate" in summary:
+        out.append(
+            Panel(
+                "ws-rate: 100 B messages from a thread",
+                "thousand messages/s",
+                _field(summary["ws-rate"], "rate", 1000.0),
+            )
+        )
+    if "ws-stalled" in summary:
+        out.append(
+            Panel(
+                "ws-stalled: a WebSocket client that never reads",
+                "server RSS growth, MiB",
+                _field(summary["ws-stalled"], "rss_growth", MIB),
                 lower_is_better=True,
             )
         )
