@@ -82,6 +82,21 @@ class TestReadAheadAlone:
             ahead.observe(64 * MiB, 0.0001, kept_up=True, now=now)
         assert ahead.window == CEILING
 
+    def test_a_kernel_queue_of_a_window_or_more_halves_it(self) -> None:
+        ahead = ReadAhead(CEILING)
+        for step in range(4):  # fast: grown
+            ahead.observe(64 * MiB, 0.0001, kept_up=True, now=float(step), queued=0)
+        grown = ahead.window
+        assert grown > START_WINDOW
+        # The kernel holds 4 MiB unsent for this client: its buffers, not the client, took
+        # the flush. The window halves, flush after flush, down to the minimum.
+        assert ahead.observe(64 * KiB, 0.0001, kept_up=True, now=10.0, queued=4 * MiB) == (
+            grown // 2
+        )
+        for step in range(20):
+            ahead.observe(64 * KiB, 0.0001, kept_up=True, now=11.0 + step, queued=4 * MiB)
+        assert ahead.window == MIN_WINDOW
+
     def test_repr_shows_the_window(self) -> None:
         assert repr(ReadAhead(CEILING)) == f"<ReadAhead window={START_WINDOW}/{CEILING}>"
 

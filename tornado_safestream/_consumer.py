@@ -21,6 +21,8 @@ import asyncio
 import concurrent.futures
 import functools
 import os
+import struct
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -41,6 +43,14 @@ __all__ = ("Consumer", "ignore_outcome")
 
 #: The producer's calls that must go through the mixin's versions (see _output).
 _FRAMING_AWARE = {"flush": "_safestream_flush", "finish": "_safestream_finish"}
+
+if sys.platform == "linux":
+    import fcntl
+    import termios
+
+    _TIOCOUTQ: int | None = termios.TIOCOUTQ
+else:  # the read-ahead then goes by the flushes' timing alone
+    _TIOCOUTQ = None
 
 #: Runs of chunks smaller than this, on average, are joined before they reach the handler.
 _JOIN_BELOW = 16 * 1024
@@ -276,7 +286,9 @@ class Consumer:
                 kept_up = self._kept_up()
                 await self.sent(sent)
                 now = time.monotonic()
-                window = self._readahead.observe(nbytes, now - started, kept_up, now)
+                window = self._readahead.observe(
+                    nbytes, now - started, kept_up, now, self._kernel_queue()
+                )
             except Exception as error:
                 self._abort(error)
         self._sent(nbytes, window)
@@ -288,6 +300,21 @@ class Consumer:
         # keeping up, and the window grows to max_buffer_bytes as it did before it adapted.
         written = getattr(stream, "_total_write_index", None)
         return written is None or written == getattr(stream, "_total_write_done_index", None)
+
+    def _kernel_queue(self) -> int | None:
+        """
+        Bytes the kernel holds in the socket's send queue, not yet taken by the client's
+        side (Linux: ``TIOCOUTQ``), or ``None`` where that can't be known.
+        """
+        stream = getattr(self._handler.request.connection, "stream", None)
+        sock = getattr(stream, "socket", None)  # IOStream.socket: None once closed
+        if sock is None or _TIOCOUTQ is None:
+            return None
+        try:
+            queued: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), _TIOCOUTQ, b"\0" * 4))[0]
+        except (OSError, ValueError):
+            return None
+        return queued
 
     def stats(self) -> StreamStats:
         """The stream's figures so far."""

@@ -13,8 +13,11 @@ is not what limits the stream: the window doubles, at most once every `GROW_SECO
 never beyond what the client's average rate since the stream started (counted over at least
 `RAMP_SECONDS`) takes in `HORIZON` seconds, so that the kernel's socket buffers filling in
 the first milliseconds of a slow client, or of one that then stops reading, do not pass for
-a fast client. A socket that makes a flush wait tells the
-client's rate: the window becomes what the client takes in `HORIZON` seconds.
+a fast client. Where the kernel tells how many bytes wait in the socket's send queue (Linux),
+a queue of a window or more means the kernel already buffers more for this client than its
+window would: the window halves instead (a slow client, or one that stopped reading). A
+socket that makes a flush wait tells the client's rate: the window becomes what the client
+takes in `HORIZON` seconds.
 
 .. warning::
 
@@ -52,19 +55,26 @@ class ReadAhead:
     def __repr__(self) -> str:
         return f"<ReadAhead window={self.window}/{self.ceiling}>"
 
-    def observe(self, nbytes: int, seconds: float, kept_up: bool, now: float) -> int:
+    def observe(
+        self, nbytes: int, seconds: float, kept_up: bool, now: float, queued: int | None = None
+    ) -> int:
         """
         A flush of ``nbytes`` was handed to the socket ``seconds`` after it was made.
 
         :param kept_up: the socket took the whole flush at once (the client is not what
             limits the stream).
         :param now: ``time.monotonic()``.
+        :param queued: the bytes the kernel holds in the socket's send queue, if known: when
+            that is a window or more, the kernel's buffers, not the client, took the flush,
+            and the window halves (at least `MIN_WINDOW`) instead of growing.
         :return: the new window.
         """
         if self._started is None:
             self._started = now - seconds
         self._sent += nbytes
-        if kept_up:
+        if queued is not None and queued >= self.window:
+            self.window = min(self.window, max(MIN_WINDOW, self.window // 2))
+        elif kept_up:
             if self.window < self.ceiling and now - self._grown_at >= GROW_SECONDS:
                 # No more than the client's average rate since the start (counted over at
                 # least RAMP_SECONDS) allows: what the kernel's buffers take at first does not
