@@ -82,20 +82,19 @@ class TestReadAheadAlone:
             ahead.observe(64 * MiB, 0.0001, kept_up=True, now=now)
         assert ahead.window == CEILING
 
-    def test_a_kernel_queue_of_a_window_or_more_halves_it(self) -> None:
-        ahead = ReadAhead(CEILING)
-        for step in range(4):  # fast: grown
-            ahead.observe(64 * MiB, 0.0001, kept_up=True, now=float(step), queued=0)
-        grown = ahead.window
-        assert grown > START_WINDOW
-        # The kernel holds 4 MiB unsent for this client: its buffers, not the client, took
-        # the flush. The window halves, flush after flush, down to the minimum.
-        assert ahead.observe(64 * KiB, 0.0001, kept_up=True, now=10.0, queued=4 * MiB) == (
-            grown // 2
-        )
-        for step in range(20):
-            ahead.observe(64 * KiB, 0.0001, kept_up=True, now=11.0 + step, queued=4 * MiB)
-        assert ahead.window == MIN_WINDOW
+    def test_what_the_kernel_queues_does_not_count_as_taken(self) -> None:
+        slow = ReadAhead(CEILING)
+        # 4 MiB taken at once, all of it still in the kernel's send queue: the client itself
+        # took nothing, so the window does not grow, and shrinks to the minimum.
+        for step in range(8):
+            slow.observe(512 * KiB, 0.0001, kept_up=True, now=1.0 + step, queued=4 * MiB)
+        assert slow.window == MIN_WINDOW
+        fast = ReadAhead(CEILING)
+        # The same 4 MiB queued, for a client that took 64 MiB a flush: the kernel's queue
+        # is nothing next to what it takes, and the window grows.
+        for step in range(8):
+            fast.observe(64 * MiB, 0.0001, kept_up=True, now=1.0 + step / 100, queued=4 * MiB)
+        assert fast.window == CEILING
 
     def test_repr_shows_the_window(self) -> None:
         assert repr(ReadAhead(CEILING)) == f"<ReadAhead window={START_WINDOW}/{CEILING}>"

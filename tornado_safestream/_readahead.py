@@ -14,10 +14,11 @@ never beyond what the client's average rate since the stream started (counted ov
 `RAMP_SECONDS`) takes in `HORIZON` seconds, so that the kernel's socket buffers filling in
 the first milliseconds of a slow client, or of one that then stops reading, do not pass for
 a fast client. Where the kernel tells how many bytes wait in the socket's send queue (Linux),
-a queue of a window or more means the kernel already buffers more for this client than its
-window would: the window halves instead (a slow client, or one that stopped reading). A
-socket that makes a flush wait tells the client's rate: the window becomes what the client
-takes in `HORIZON` seconds.
+those do not count as taken by the client, and a queue of a window or more (the kernel
+already buffers more for this client than its window would) shrinks the window to what the
+client takes on average (a slow client, or one that stopped reading). A socket that makes a
+flush wait tells the client's rate: the window becomes what the client takes in `HORIZON`
+seconds.
 
 .. warning::
 
@@ -64,27 +65,29 @@ class ReadAhead:
         :param kept_up: the socket took the whole flush at once (the client is not what
             limits the stream).
         :param now: ``time.monotonic()``.
-        :param queued: the bytes the kernel holds in the socket's send queue, if known: when
-            that is a window or more, the kernel's buffers, not the client, took the flush,
-            and the window halves (at least `MIN_WINDOW`) instead of growing.
+        :param queued: the bytes the kernel holds in the socket's send queue, if known: they
+            are not counted as taken by the client, and when they are a window or more, the
+            window shrinks to what the client takes on average in `HORIZON` seconds.
         :return: the new window.
         """
         if self._started is None:
             self._started = now - seconds
         self._sent += nbytes
-        if queued is not None and queued >= self.window:
-            self.window = min(self.window, max(MIN_WINDOW, self.window // 2))
-        elif kept_up:
+        # What the client's side took since the start (what the kernel still queues is not),
+        # counted over at least RAMP_SECONDS.
+        delivered = self._sent - (queued or 0)
+        average = max(delivered, 0) / max(now - self._started, RAMP_SECONDS)
+        if kept_up:
             if self.window < self.ceiling and now - self._grown_at >= GROW_SECONDS:
-                # No more than the client's average rate since the start (counted over at
-                # least RAMP_SECONDS) allows: what the kernel's buffers take at first does not
-                # make a slow client look fast.
-                rate = self._sent / max(now - self._started, RAMP_SECONDS)
                 self.window = min(
-                    self.ceiling, self.window * 2, max(self.window, int(rate * HORIZON))
+                    self.ceiling, self.window * 2, max(self.window, int(average * HORIZON))
                 )
                 self._grown_at = now
         elif nbytes >= MIN_WINDOW // 4 and seconds > 0:
             rate = nbytes / seconds
             self.window = min(self.ceiling, max(MIN_WINDOW, int(rate * HORIZON)))
+        if queued is not None and queued >= self.window:
+            # The kernel buffers a window or more for this client already: what the client
+            # takes on average is all the window needs.
+            self.window = min(self.window, max(MIN_WINDOW, int(average * HORIZON)))
         return self.window
