@@ -203,7 +203,7 @@ def _run_with_timeout(
         if os.name == "posix":
             process.send_signal(signal.SIGABRT)
         _stop(process, grace=15)
-        session.error(f"{args[2] if len(args) > 2 else args[0]} stopped after {timeout:.0f}s")
+        session.error(f"{shlex.join(args[:3])} stopped after {timeout:.0f}s")
     except BaseException:  # KeyboardInterrupt: the child got the SIGINT too; don't leave it
         _stop(process, grace=15)
         raise
