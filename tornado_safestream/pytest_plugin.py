@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Generator, Iterator
+from typing import Any, cast
 
 import pytest
 
@@ -194,10 +195,13 @@ def pytest_runtest_makereport(
     report = yield
     text = item.stash.get(_FAILING, None)
     if text is not None and _failed_with(call, text):
-        # The plugin failed the phase: the report is the text alone, so that the short
-        # summary's line is its first line, not "Failed: ...".
+        # The plugin failed the phase. pytest's short summary (and the junit report's
+        # message) read the failure's reprcrash.message, which says "Failed: " + its first
+        # line: make it the text alone, whose first line is the error's.
         del item.stash[_FAILING]
-        report.longrepr = text
+        crash = getattr(report.longrepr, "reprcrash", None)
+        if crash is not None and hasattr(crash, "message"):
+            cast(Any, crash).message = text
     elif report.failed:
         # The phase failed of its own: show any other violation beside its error.
         first, count = _collector(item.config).take()
