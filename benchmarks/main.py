@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = _check_environment()
     if problem:
         print(f"{sys.executable} cannot import tornado and tornado_safestream ({problem}):")
-        print("run `python3 run.py bench`, which sets up .venvs/bench")
+        print("run `python3 run.py bench`, which sets up its environment (nox session bench)")
         return 2
     curl = tool_version(CURL)
     if curl is None and not options.python_client:

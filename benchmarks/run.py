@@ -1,7 +1,7 @@
 """
 Benchmark tornado-safestream against Tornado's own ways of streaming a file.
 
-Run it with ``python3 run.py bench`` from the repository root (it sets up ``.venvs/bench``),
+Run it with ``python3 run.py bench`` from the repository root (it sets up ``.nox/bench``),
 or ``python benchmarks/run.py`` with a Python that has Tornado and the package installed;
 ``--help`` lists the options. The scenarios are in ``benchmarks/scenarios/``, one module each;
 ``benchmarks/__init__.py`` says where everything else is. Linux only (``/proc``), 127.0.0.1

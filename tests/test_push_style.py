@@ -196,6 +196,26 @@ class FlushFuture(RecordingHandler):
         self.write(b"def")
 
 
+class FlushFromWorker(RecordingHandler):
+    @stream_on_executor
+    def get(self) -> None:
+        self.write(b"abc")
+        future = self.flush_from_worker()  # typed concurrent.futures.Future[None]
+        self.rec.add("type", type(future))
+        self.rec.add("result", future.result(timeout=TIMEOUT))
+        self.write(b"def")
+
+
+class FlushFromWorkerOnTheLoop(RecordingHandler):
+    async def get(self) -> None:
+        try:
+            self.flush_from_worker()
+        except RuntimeError as error:
+            self.rec.add("error", str(error))
+        self.write(b"abc")
+        await self.flush()
+
+
 class FinishFuture(RecordingHandler):
     @stream_on_executor
     def get(self) -> None:
@@ -306,6 +326,8 @@ def simple_routes(
     kwargs: dict[str, object] = dict(executor=executor, rec=rec)
     return [
         ("/flush-future", FlushFuture, kwargs),
+        ("/flush-from-worker", FlushFromWorker, kwargs),
+        ("/flush-from-worker-on-the-loop", FlushFromWorkerOnTheLoop, kwargs),
         ("/finish-future", FinishFuture, kwargs),
         ("/methods", ResponseMethods, kwargs),
         ("/redirect-early", RedirectEarly, kwargs),
@@ -330,6 +352,33 @@ class TestResponseMethodsFromTheWorker:
         assert isinstance(flush_type, type) and issubclass(flush_type, concurrent.futures.Future)
         assert rec.wait_for("exception") is None
         assert rec.wait_for("done") is True
+
+    def test_flush_from_worker_returns_a_concurrent_future(
+        self, server: ServerFactory, executor: Executor
+    ) -> None:
+        rec = Recorder()
+        srv = server(simple_routes(executor, rec))
+        response = fetch(srv.port, "/flush-from-worker")
+        assert response.complete
+        assert response.body == b"abcdef"
+        flush_type = rec.wait_for("type")
+        assert isinstance(flush_type, type) and issubclass(flush_type, concurrent.futures.Future)
+        assert rec.wait_for("result") is None
+
+    def test_flush_from_worker_on_the_loop_raises(
+        self, server: ServerFactory, executor: Executor
+    ) -> None:
+        rec = Recorder()
+        srv = server(simple_routes(executor, rec))
+        response = fetch(srv.port, "/flush-from-worker-on-the-loop")
+        assert response.complete
+        assert response.body == b"abc"
+        error = rec.wait_for("error")
+        assert isinstance(error, str)
+        assert error.startswith(
+            "FlushFromWorkerOnTheLoop.flush_from_worker() was called outside the worker thread"
+        ), error
+        assert "await self.flush()" in error, error
 
     @pytest.mark.parametrize("connection", ["keep-alive", "close"])
     def test_finish_future_succeeds_once_the_body_is_sent(

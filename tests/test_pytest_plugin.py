@@ -108,14 +108,20 @@ def _line_of(source: str, snippet: str) -> int:
     return hits[0]
 
 
-def _message_lines(test_file: str, line: int, source_line: str) -> list[str]:
-    """The WrongThreadError message as printed for a foreign ``call_later``, anchored."""
+def _message_lines(test_file: str, line: int, source_line: str, more: int = 0) -> list[str]:
+    """
+    The report of a swallowed `WrongThreadError` for a foreign ``call_later``, anchored: its
+    own message (the first line of which the short summary shows), then when it was raised.
+    """
+    after = f"; {more} more after it" if more else ""
     return [
-        r"^IOLoop\.call_later\(\) called from thread 'MainThread', but its IOLoop runs in "
-        r"thread 'inner-loop'$",
+        r"^WrongThreadError: IOLoop\.call_later\(\) called from thread 'MainThread', but its "
+        r"IOLoop runs in thread 'inner-loop'$",
         rf"^  at .*[/\\]{re.escape(test_file)}:{line}: {source_line}$",
         r"^Tornado is not thread-safe: .*SafeStreamMixin.*@stream_on_executor.*"
         r"IOLoop\.add_callback",
+        r"^Raised during the test, which did not see it \(caught there, or raised in another "
+        rf"thread\){re.escape(after)}\.$",
     ]
 
 
@@ -275,7 +281,6 @@ def test_violations_fail_the_test_however_it_was_turned_on(
     result.stdout.re_match_lines(
         [
             r"^_+ test_swallowed _+$",
-            r"^WrongThreadError raised during the test:$",
             *_message_lines(
                 "test_violations.py",
                 _line_of(source, "# swallowed"),
@@ -285,6 +290,61 @@ def test_violations_fail_the_test_however_it_was_turned_on(
         ]
     )
     result.stdout.no_re_match_line(r"^FAILED test_violations\.py::test_(clean|on_purpose|after)")
+
+
+@pytest.mark.parametrize("terminal", ["wide", "ci"])
+def test_the_short_summary_line_says_what_happened(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, terminal: str
+) -> None:
+    # pytest's short summary shows a failure's first line, cut to the terminal's width
+    # (whole, message and all, on CI): that line is the error's own first line.
+    for name in ("CI", "BUILD_NUMBER"):
+        monkeypatch.delenv(name, raising=False)
+    if terminal == "ci":
+        monkeypatch.setenv("CI", "true")
+    else:
+        monkeypatch.setenv("COLUMNS", "240")
+    pytester.makeini("[pytest]\n")
+    pytester.makeconftest(CONFTEST)
+    source = dedent(
+        """\
+        import pytest
+
+        from tornado_safestream import WrongThreadError
+
+
+        def test_swallowed(loop):
+            try:
+                loop.call_later(3600, print)  # swallowed
+            except WrongThreadError:
+                pass
+
+
+        @pytest.fixture
+        def sloppy(loop):
+            yield loop
+            try:
+                loop.call_later(1, print)  # in the finalizer
+            except WrongThreadError:
+                pass
+
+
+        def test_uses_sloppy(sloppy):
+            pass
+        """
+    )
+    pytester.makepyfile(test_summary=source)
+    result = _run(pytester, "--safestream-assert", "-ra")
+    result.assert_outcomes(failed=1, passed=1, errors=1)
+    said = (
+        r" - WrongThreadError: IOLoop\.call_later\(\) called from thread 'MainThread', but "
+        r"its IOLoop runs in thread 'inner-loop'$"
+    )
+    for line in (
+        r"^FAILED test_summary\.py::test_swallowed" + said,
+        r"^ERROR test_summary\.py::test_uses_sloppy" + said,
+    ):
+        result.stdout.re_match_lines([r"^=+ short test summary info =+$", line])
 
 
 def test_violation_in_teardown_fails_the_teardown(pytester: pytest.Pytester) -> None:
@@ -320,7 +380,6 @@ def test_violation_in_teardown_fails_the_teardown(pytester: pytest.Pytester) -> 
     result.stdout.re_match_lines(
         [
             r"^_+ ERROR at teardown of test_uses_sloppy _+$",
-            r"^WrongThreadError raised during the test:$",
             *_message_lines(
                 "test_teardown.py",
                 _line_of(source, "# in the finalizer"),
@@ -394,7 +453,7 @@ def test_a_violation_is_reported_once(pytester: pytest.Pytester) -> None:
     )
     # Each failure shows the error once: its own traceback, no "safestream" section.
     result.stdout.no_re_match_line(r"(?i)^-+ .*safestream")
-    result.stdout.no_re_match_line(r"raised during the test")
+    result.stdout.no_re_match_line(r"^Raised during the test")
     result.stdout.no_re_match_line(r"at teardown of")
     raised = r"^E +.*WrongThreadError: IOLoop\.call_later\(\) called from thread 'MainThread'"
     assert sum(bool(re.match(raised, line)) for line in result.outlines) == 2
@@ -426,11 +485,11 @@ def test_many_violations_show_the_first_and_the_true_count(pytester: pytest.Pyte
     result.assert_outcomes(failed=1)
     result.stdout.re_match_lines(
         [
-            rf"^WrongThreadError raised during the test \(and {many - 1} more\):$",
             *_message_lines(
                 "test_many.py",
                 _line_of(source, "# the first"),
                 r"loop\.call_later\(3600, print\)  # the first",
+                more=many - 1,
             ),
         ]
     )
@@ -476,7 +535,6 @@ def test_thread_violations_claims_only_while_it_is_active(pytester: pytest.Pytes
     result.stdout.re_match_lines(
         [
             r"^_+ ERROR at teardown of test_on_purpose _+$",
-            r"^WrongThreadError raised during the test:$",
             *_message_lines(
                 "test_claims.py",
                 _line_of(source, "# torn down after thread_violations"),
@@ -581,18 +639,17 @@ def test_violations_outside_any_test_fail_the_run(pytester: pytest.Pytester) -> 
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     line = _line_of(LATE_CONFTEST, "# after the test")
     message = [
-        r"^IOLoop\.call_later\(\) called from thread 'late-thread', but its IOLoop runs in "
-        r"thread 'app-loop'$",
+        r"^WrongThreadError: IOLoop\.call_later\(\) called from thread 'late-thread', but its "
+        r"IOLoop runs in thread 'app-loop'$",
         rf"^  at .*[/\\]conftest\.py:{line}: io_loop\.call_later\(3600, print\)  # after the test$",
     ]
     result.stdout.re_match_lines(
         [
             r"^=+ safestream: violations outside any test =+$",
-            r"^WrongThreadError raised between the tests, before "
-            r"test_late\.py::test_2_innocent:$",
             *message,
-            r"^WrongThreadError raised after the last test:$",
+            r"^Raised between the tests, before test_late\.py::test_2_innocent\.$",
             *message,
+            r"^Raised after the last test\.$",
         ]
     )
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Union
 
+from ._words import a_type
+
 __all__ = ("Chunk", "to_bytes")
 
 #: What a generator-style method may yield. ``str`` is sent as UTF-8.
@@ -27,6 +29,6 @@ def to_bytes(chunk: object, where: str) -> bytes:
     if isinstance(chunk, (bytes, bytearray, memoryview)):
         return bytes(chunk)
     raise TypeError(
-        f"{where}() yielded a {type(chunk).__qualname__} object; a stream's chunks must be "
+        f"{where}() yielded {a_type(chunk)}; a stream's chunks must be "
         "bytes, bytearray, memoryview or str"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import inspect
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler
@@ -90,7 +90,9 @@ class SafeStreamMixin(_HandlerBase):
 
        In a producer thread, ``flush()`` and ``finish()`` return a
        `concurrent.futures.Future` (``.result()`` blocks until the bytes are written to
-       the socket), not an `asyncio.Future`.
+       the socket), not an `asyncio.Future`. Both are typed as Tornado's, for the loop,
+       where they are awaited; worker code that uses the future calls
+       `flush_from_worker`, typed as a `concurrent.futures.Future`.
     """
 
     # Loop-owned: the figures of the handler's last stream, once it ended.
@@ -162,12 +164,45 @@ class SafeStreamMixin(_HandlerBase):
                 f"not {type(chunk).__qualname__}"
             )
 
-    def flush(  # type: ignore[override]
-        self, include_footers: bool = False
-    ) -> Future[None] | concurrent.futures.Future[None]:
+    def flush(self, include_footers: bool = False) -> Future[None]:
+        """
+        Tornado's `~tornado.web.RequestHandler.flush`; from the worker, carried out on the
+        IOLoop.
+
+        Typed as Tornado's, for the loop, where it is awaited. In the worker thread of a
+        `.stream_on_executor` method it returns a `concurrent.futures.Future` instead (see
+        the class's warning): there, call `flush_from_worker`, which is typed as such.
+        """
         channel = _producer_channel(self, "flush")
         if channel is None:
             return self._safestream_flush(include_footers)
+        return cast("Future[None]", self._safestream_worker_flush(channel, include_footers))
+
+    def flush_from_worker(self, include_footers: bool = False) -> concurrent.futures.Future[None]:
+        """
+        `flush`, for the worker thread of a `.stream_on_executor` method, typed as what it
+        returns there: a `concurrent.futures.Future` done once the bytes written so far are
+        handed to the socket (``.result(timeout=5)`` waits for it), failed with
+        `~tornado.iostream.StreamClosedError` if the client went away first. Like
+        ``flush()``, it blocks while the client is more than ``max_buffer_bytes`` behind.
+
+        :raises RuntimeError: if called from any other thread (on the IOLoop, ``await
+            self.flush()``).
+
+        .. versionadded:: 0.2
+        """
+        channel = _producer_channel(self, "flush")
+        if channel is None:
+            raise RuntimeError(
+                f"{type(self).__qualname__}.flush_from_worker() was called outside the worker "
+                "thread of a @stream_on_executor method of this handler; there, call it from "
+                "that method, and on the IOLoop use `await self.flush()`"
+            )
+        return self._safestream_worker_flush(channel, include_footers)
+
+    def _safestream_worker_flush(
+        self, channel: Channel, include_footers: bool
+    ) -> concurrent.futures.Future[None]:
         if include_footers:
             return channel.call("flush", (include_footers,), {})  # type: ignore[no-any-return]
         return channel.flush()
@@ -189,9 +224,14 @@ class SafeStreamMixin(_HandlerBase):
         finally:
             self._safestream_finishing = False
 
-    def finish(  # type: ignore[override]
-        self, chunk: str | bytes | dict[str, Any] | None = None
-    ) -> Future[None] | concurrent.futures.Future[None]:
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
+        """
+        Tornado's `~tornado.web.RequestHandler.finish`; from the worker, carried out on the
+        IOLoop.
+
+        Typed as Tornado's, for the loop. In the worker thread of a `.stream_on_executor`
+        method it returns a `concurrent.futures.Future` (see the class's warning).
+        """
         channel = _producer_channel(self, "finish")
         if channel is None:
             return self._safestream_finish(chunk)

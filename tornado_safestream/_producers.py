@@ -29,6 +29,7 @@ from ._channel import Channel, Put, producing
 from ._chunks import to_bytes
 from ._lanes import OWN_TASK_SECONDS, SLICE_SECONDS, Lane, Pacing
 from ._sendfile import FileRange
+from ._words import a_type
 
 __all__ = ("GeneratorProducer", "PushProducer", "Submit")
 
@@ -78,7 +79,7 @@ class PushProducer:
                 producing.channel = None
             if result is not None and not isinstance(result, concurrent.futures.Future):
                 raise TypeError(
-                    f"{self._channel.where}() returned a {type(result).__qualname__} object; a "
+                    f"{self._channel.where}() returned {a_type(result)}; a "
                     "push-style method returns None (to stream from an iterable, make the "
                     "method a generator that yields the chunks)"
                 )

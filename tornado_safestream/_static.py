@@ -39,6 +39,7 @@ from ._mixin import SafeStreamMixin
 from ._sendfile import FileRange, FileShrankError, can_send_file
 from ._stream import Options, run_stream
 from ._waiting import POLL_SECONDS
+from ._words import a_type
 
 __all__ = ("SafeStaticFileHandler",)
 
@@ -457,7 +458,7 @@ def _check_options(cls: type[SafeStaticFileHandler]) -> Options:
     executor = cls.executor
     if executor is not None and not isinstance(executor, concurrent.futures.Executor):
         raise TypeError(
-            f"{cls.__qualname__}.executor is a {type(executor).__qualname__} object, not a "
+            f"{cls.__qualname__}.executor is {a_type(executor)}, not a "
             "concurrent.futures.Executor (or None, for the IOLoop's default executor)"
         )
     size = cls.max_buffer_bytes

@@ -36,6 +36,7 @@ from ._consumer import Consumer, ignore_outcome
 from ._lanes import Lane, lane_for
 from ._mixin import SafeStreamMixin
 from ._producers import GeneratorProducer, PushProducer
+from ._words import a_type
 
 __all__ = ("Options", "run_stream")
 
@@ -166,7 +167,7 @@ def _find_executor(handler: object, name: str, where: str) -> concurrent.futures
     if executor is None or isinstance(executor, concurrent.futures.Executor):
         return executor
     raise TypeError(
-        f"{where}(): self.{name} is a {type(executor).__qualname__} object, not a "
+        f"{where}(): self.{name} is {a_type(executor)}, not a "
         "concurrent.futures.Executor (or None, for the IOLoop's default executor)"
     )
 

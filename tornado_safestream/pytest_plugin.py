@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Generator, Iterator
+from typing import Any, cast
 
 import pytest
 
@@ -68,6 +69,7 @@ class _Collector:
 
 
 _COLLECTOR = pytest.StashKey[_Collector]()
+_FAILING = pytest.StashKey[str]()  # on an item: the report the plugin failed its phase with
 
 
 def _collector(config: pytest.Config) -> _Collector:
@@ -139,9 +141,19 @@ def _thread_violations(request: pytest.FixtureRequest) -> Iterator[list[WrongThr
         collector.unclaim(errors)
 
 
-def _describe(first: list[WrongThreadError], count: int, when: str = "during the test") -> str:
-    more = f" (and {count - 1} more)" if count > 1 else ""
-    return f"WrongThreadError raised {when}{more}:\n{first[0]}"
+#: Where an unseen violation was raised, during a test.
+_IN_TEST = "during the test, which did not see it (caught there, or raised in another thread)"
+
+
+def _describe(first: list[WrongThreadError], count: int, when: str = _IN_TEST) -> str:
+    """
+    The report of violations: the first error's own message, then when it was raised.
+
+    Its first line is what pytest's short summary (``-ra``) shows of a failed test: the
+    error's first line, which names the method, the calling thread and the loop's thread.
+    """
+    more = f"; {count - 1} more after it" if count > 1 else ""
+    return f"WrongThreadError: {first[0]}\nRaised {when}{more}."
 
 
 @pytest.hookimpl(wrapper=True)
@@ -172,7 +184,8 @@ def _fail_for_violations(item: pytest.Item) -> None:
     # Reached when the phase passed (setup's violations wait for the call's check).
     first, count = _collector(item.config).take()
     if count:
-        pytest.fail(_describe(first, count), pytrace=False)
+        text = item.stash[_FAILING] = _describe(first, count)
+        pytest.fail(text, pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -180,15 +193,31 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if report.failed:
+    text = item.stash.get(_FAILING, None)
+    if text is not None and _failed_with(call, text):
+        # The plugin failed the phase. pytest's short summary (and the junit report's
+        # message) read the failure's reprcrash.message, which says "Failed: " + its first
+        # line: make it the text alone, whose first line is the error's.
+        del item.stash[_FAILING]
+        crash = getattr(report.longrepr, "reprcrash", None)
+        if crash is not None and hasattr(crash, "message"):
+            cast(Any, crash).message = text
+    elif report.failed:
         # The phase failed of its own: show any other violation beside its error.
         first, count = _collector(item.config).take()
         own = call.excinfo.value if call.excinfo is not None else None
         others = [error for error in first if error != own]
         count -= len(first) - len(others)
         if others and count:
-            report.sections.append(("safestream", _describe(others, count)))
+            when = "during the test, beside its own failure"
+            report.sections.append(("safestream", _describe(others, count, when)))
     return report
+
+
+def _failed_with(call: pytest.CallInfo[None], text: str) -> bool:
+    """True if ``call`` failed with ``pytest.fail(text)``."""
+    error = call.excinfo.value if call.excinfo is not None else None
+    return isinstance(error, pytest.fail.Exception) and error.msg == text
 
 
 @pytest.hookimpl(trylast=True)
