@@ -42,6 +42,7 @@ from tornado.concurrent import future_set_result_unless_cancelled
 from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler
 
+from ._executors import submit as submit_to
 from ._inbound import Inbound
 from ._mixin import SafeStreamMixin
 from ._stream import _find_executor, _log_task_error, _refuse_inherited_pool
@@ -200,10 +201,7 @@ def _start(
         )
 
     def submit(task: Callable[[], None]) -> None:
-        if executor is None:
-            loop.run_in_executor(None, task).add_done_callback(_log_task_error)
-        else:
-            executor.submit(task).add_done_callback(_log_task_error)
+        submit_to(loop, executor, task, _log_task_error)  # not run_in_executor: see _executors
 
     request = request_handler.request
     # Tornado's private HTTPServerRequest._body_future (6.3 and 6.6): what _execute awaits

@@ -35,6 +35,7 @@ from tornado.web import HTTPError, StaticFileHandler
 
 from ._channel import producing
 from ._decorator import DEFAULT_MAX_BUFFER_BYTES
+from ._executors import offload, submit
 from ._mixin import SafeStreamMixin
 from ._sendfile import FileRange, FileShrankError, can_send_file
 from ._stream import Options, run_stream
@@ -252,7 +253,7 @@ class SafeStaticFileHandler(SafeStreamMixin, StaticFileHandler):
             names = list(paths) if paths is not None else _static_files(cls, settings)
             return {name: cls.get_version(settings, name) for name in names}
 
-        return await loop.run_in_executor(pool, compute)
+        return await offload(loop, pool, compute)
 
     @classmethod
     def _get_cached_version(cls, abs_path: str) -> str | None:
@@ -298,14 +299,12 @@ class SafeStaticFileHandler(SafeStreamMixin, StaticFileHandler):
         try:
             _check_options(cls)
             executor = cls.executor
-            future = asyncio.get_running_loop().run_in_executor(executor, task)
+            submit(asyncio.get_running_loop(), executor, task, _log_failure)
         except Exception as error:  # the executor is shut down, or is not one
             with _VERSIONS_LOCK:
                 if job.jobs.get(abs_path) is job:
                     del job.jobs[abs_path]  # let a later call try again
             gen_log.error("Could not compute the version of static file %r: %s", abs_path, error)
-            return
-        future.add_done_callback(_log_failure)
 
     @classmethod
     def _safestatic_compute(cls, abs_path: str, job: _VersionJob) -> str | None:
@@ -485,7 +484,7 @@ def _static_files(cls: type[SafeStaticFileHandler], settings: dict[str, Any]) ->
     return found
 
 
-def _log_failure(future: asyncio.Future[None]) -> None:
+def _log_failure(future: concurrent.futures.Future[object]) -> None:
     if not future.cancelled() and future.exception() is not None:
         gen_log.error("Could not compute a static file's version", exc_info=future.exception())
 

@@ -33,6 +33,8 @@ from tornado.web import HTTPError, RequestHandler
 
 from ._channel import Channel
 from ._consumer import Consumer, ignore_outcome
+from ._executors import offload as offload_to
+from ._executors import submit as submit_to
 from ._lanes import Lane, lane_for
 from ._mixin import SafeStreamMixin
 from ._producers import GeneratorProducer, PushProducer
@@ -86,15 +88,8 @@ async def run_stream(
     context = contextvars.copy_context()
 
     def submit(task: Callable[[], None]) -> None:
-        # Straight to the executor, not through loop.run_in_executor(): its asyncio future
-        # would wake the loop when each task ends (and, on Python 3.9, log an error for a
-        # task that ends after the loop was closed). For the IOLoop's default executor, that
-        # means asyncio's (private) attribute, there once created by a first run_in_executor.
-        pool = executor if executor is not None else getattr(loop, "_default_executor", None)
-        if isinstance(pool, concurrent.futures.Executor):
-            pool.submit(task).add_done_callback(_log_task_error)
-        else:
-            loop.run_in_executor(None, task).add_done_callback(_log_task_error)
+        # Not through loop.run_in_executor(): see _executors.
+        submit_to(loop, executor, task, _log_task_error)
 
     producer: PushProducer | GeneratorProducer
     if is_generator:
@@ -111,7 +106,7 @@ async def run_stream(
         producer = PushProducer(channel, lambda: method(handler, *args, **kwargs), context, submit)
 
     def offload(fn: Callable[[], _T]) -> asyncio.Future[_T]:
-        return loop.run_in_executor(executor, fn)
+        return offload_to(loop, executor, fn)
 
     consumer = Consumer(
         channel,
@@ -156,7 +151,7 @@ def _lane(loop: asyncio.AbstractEventLoop, executor: concurrent.futures.Executor
     return lane_for(loop if executor is None else executor, executor)
 
 
-def _log_task_error(future: asyncio.Future[None] | concurrent.futures.Future[None]) -> None:
+def _log_task_error(future: concurrent.futures.Future[object]) -> None:
     # A producer task hands every error of the method to the loop; one that escapes is ours.
     if not future.cancelled() and future.exception() is not None:
         app_log.error("tornado_safestream: a producer task failed", exc_info=future.exception())
