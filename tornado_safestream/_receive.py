@@ -34,8 +34,9 @@ and 6.6:
   notices pongs; beyond it, a future done once the worker handled half of it.
 - The future never fails (Tornado would log it and drop the connection without a close
   frame): a call's exception is logged here, once (``handler.log_exception``, as Tornado
-  logs an ``on_message`` exception), and the connection is closed with code 1011 on the
-  loop. The connection's close (``on_connection_close``) drops what is queued.
+  logs an ``on_message`` exception), and the connection is closed with code 1011, after
+  the replies the calls queued before it. The connection's close (``on_connection_close``)
+  drops what is queued.
 
 .. warning::
 
@@ -368,8 +369,8 @@ class _MessageMethod:
             if closing and isinstance(error, WebSocketClosedError):
                 return  # a reply to a connection that is closing: no error of the handler's
             websocket.log_exception(type(error), error, error.__traceback__)
-            if not closing:
-                handler.close(INTERNAL_ERROR, "internal error")
+            if not closing:  # after the replies the calls queued before it
+                handler._safestream_close_in_order(INTERNAL_ERROR, "internal error")
 
         def on_drained() -> None:  # never called: a connection's messages have no end
             pass

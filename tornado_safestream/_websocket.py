@@ -496,6 +496,17 @@ class SafeWebSocketMixin(_HandlerBase):
             connection.close_soon(code, reason)
         return None
 
+    def _safestream_close_in_order(self, code: int | None, reason: str | None) -> None:
+        """
+        Close after the messages other threads queued so far (any thread): for a worker's
+        failure, whose replies before it still go out.
+        """
+        connection = self._safestream_connection
+        if connection is not None:
+            connection.close_soon(code, reason)
+        elif self._on_loop():
+            super().close(code, reason)
+
     def _safestream_tornado_close(self, code: int | None, reason: str | None) -> None:
         """Tornado's ``close()`` (on the loop), for the connection's loop side."""
         super().close(code, reason)
