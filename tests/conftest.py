@@ -79,10 +79,14 @@ def server(make_executor: ExecutorFactory) -> Iterator[ServerFactory]:
         *,
         default_executor: Executor | None = None,
         sndbuf: int | None = None,
+        rcvbuf: int | None = None,
         **settings: object,
     ) -> ServerThread:
         srv = ServerThread(
-            make_app(routes, **settings), default_executor=default_executor, sndbuf=sndbuf
+            make_app(routes, **settings),
+            default_executor=default_executor,
+            sndbuf=sndbuf,
+            rcvbuf=rcvbuf,
         )
         started.append(srv)
         srv.start()

@@ -233,12 +233,16 @@ def record_text(record: logging.LogRecord) -> str:
 class _HTTPServer(HTTPServer):
     accepted: list[socket.socket]
     sndbuf: int | None
+    rcvbuf: int | None
 
     def handle_stream(self, stream: IOStream, address: tuple[str, int]) -> None:
         sock = stream.socket
         if self.sndbuf is not None:
             # a fixed SO_SNDBUF also turns off Linux's send-buffer autotuning (up to 4 MiB here)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
+        if self.rcvbuf is not None:
+            # likewise for the receive buffer (autotuned up to tcp_rmem's maximum otherwise)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
         self.accepted.append(sock)
         super().handle_stream(stream, address)
 
@@ -255,10 +259,12 @@ class ServerThread:
         *,
         default_executor: Executor | None = None,
         sndbuf: int | None = None,
+        rcvbuf: int | None = None,
     ) -> None:
         self._app = app
         self._default_executor = default_executor
         self._sndbuf = sndbuf
+        self._rcvbuf = rcvbuf
         #: the server side of every accepted connection, in order
         self.accepted: list[socket.socket] = []
         self._ready = threading.Event()
@@ -315,6 +321,7 @@ class ServerThread:
         server = _HTTPServer(self._app)
         server.accepted = self.accepted
         server.sndbuf = self._sndbuf
+        server.rcvbuf = self._rcvbuf
         server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
         self._ready.set()
@@ -371,6 +378,7 @@ class ServerFactory(Protocol):
         *,
         default_executor: Executor | None = ...,
         sndbuf: int | None = ...,
+        rcvbuf: int | None = ...,
         **settings: object,
     ) -> ServerThread: ...
 

@@ -442,7 +442,7 @@ class TestAssertionsAndMisuse:
                 def post(self, chunk: bytes) -> None: ...
 
     def test_on_message_needs_the_websocket_mixin(self) -> None:
-        with pytest.raises(TypeError, match=r"on_message needs SafeWebSocketMixin"):
+        with pytest.raises(TypeError, match=r"on_message\(\) needs the SafeWebSocketMixin"):
 
             class H(SafeStreamMixin, RequestHandler):
                 @receive_on_executor

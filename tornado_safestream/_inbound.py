@@ -13,6 +13,8 @@ The loop never blocks: `Inbound.put` always queues the item (the bytes exist alr
 once more than the limit is pending, returns a future for the reader to await: Tornado then
 reads no more of the socket until the worker consumed half of the limit (hysteresis: the
 reader wakes once per half of its limit, never per chunk), and TCP slows the client.
+Optionally (``max_items``, for WebSocket messages) the items are bounded too: once
+``max_items`` are queued or being consumed, the reader waits until half of them were.
 
 No thread is held while nothing is queued: a *drain* task is submitted to the executor when
 an item arrives and none runs; it consumes what is queued, waits `LINGER_SECONDS` for more
@@ -72,6 +74,8 @@ class Inbound(Generic[T_Item]):
     :param on_drained: called on the loop once `body_complete` was called and every item
         was consumed.
     :param on_failed: called on the loop with the exception of a call that raised.
+    :param max_items: items queued or being consumed, at most, before the reader waits
+        (``None``: only the bytes count).
     """
 
     def __init__(
@@ -86,11 +90,13 @@ class Inbound(Generic[T_Item]):
         on_failed: Callable[[BaseException], None],
         submit: Submit,
         context: contextvars.Context,
+        max_items: int | None = None,
     ) -> None:
         # Immutable after construction: safe to read from any thread.
         self.loop_thread = threading.get_ident()  # constructed on the loop
         self.where = where
         self.max_buffer_bytes = max_buffer_bytes
+        self.max_items = max_items
         self._loop = loop
         self._consume = consume
         self._aborted = aborted
@@ -108,6 +114,8 @@ class Inbound(Generic[T_Item]):
         # --- guarded by _lock ---
         self._items: collections.deque[tuple[T_Item, int]] = collections.deque()
         self._pending = 0  # bytes queued or being consumed
+        self._count = 0  # items queued or being consumed
+        self._peak_items = 0
         self._account = Account(self._cap)  # what is reserved under the memory cap
         self._peak = 0
         self._consumed = 0  # bytes whose call returned
@@ -129,7 +137,7 @@ class Inbound(Generic[T_Item]):
         with self._lock:
             return (
                 f"<Inbound {self.where} pending={self._pending}/{self.max_buffer_bytes} "
-                f"reserved={self._account.nbytes} items={len(self._items)} "
+                f"reserved={self._account.nbytes} items={self._count}/{self.max_items} "
                 f"calls={self._calls} running={self._running} holding={self._holding} "
                 f"complete={self._complete} stopped={self._stopped!r}>"
             )
@@ -148,13 +156,17 @@ class Inbound(Generic[T_Item]):
                 return None  # dropped: no more calls run
             self._items.append((item, nbytes))
             self._pending += nbytes
+            self._count += 1
             if self._pending > self._peak:
                 self._peak = self._pending
+            if self._count > self._peak_items:
+                self._peak_items = self._count
             start = not self._running
             self._running = True
             self._arrived.notify()  # a lingering drain task takes it
             reader = None
-            if self._account.room(self, self._pending, self.max_buffer_bytes) < 0:
+            short = self._account.room(self, self._pending, self.max_buffer_bytes) < 0
+            if short or (self.max_items is not None and self._count >= self.max_items):
                 self._holding = True
                 reader = self._reader = self._loop.create_future()
         if start:
@@ -282,6 +294,7 @@ class Inbound(Generic[T_Item]):
                         self._stopped = error
                         self._drop()
                     self._pending -= nbytes
+                    self._count -= 1
                 if failed:
                     self._call_on_loop(self._fail, error)
                 continue  # then the hook, in this thread, right after the call that raised
@@ -289,12 +302,11 @@ class Inbound(Generic[T_Item]):
                 del item
             with self._lock:
                 self._pending -= nbytes
+                self._count -= 1
                 self._consumed += nbytes
                 self._calls += 1
                 release = self._account.settle(self._pending, self.max_buffer_bytes)
-                wake = self._holding and self._account.may_go_on(
-                    self._pending, self.max_buffer_bytes
-                )
+                wake = self._holding and self._may_go_on()
                 if wake:
                     self._holding = False
             if release:
@@ -335,6 +347,7 @@ class Inbound(Generic[T_Item]):
         # Warning! Call with _lock held. The item being consumed, if any, stays pending.
         for _, nbytes in self._items:
             self._pending -= nbytes
+        self._count -= len(self._items)
         self._items.clear()
 
     def _fail(self, error: BaseException) -> None:
@@ -361,9 +374,7 @@ class Inbound(Generic[T_Item]):
             else:
                 give_back = 0
                 self._account.granted(nbytes)
-                wake = self._holding and self._account.may_go_on(
-                    self._pending, self.max_buffer_bytes
-                )
+                wake = self._holding and self._may_go_on()
                 if wake:
                     self._holding = False
         if give_back:
@@ -374,7 +385,14 @@ class Inbound(Generic[T_Item]):
             else:
                 self._call_on_loop(self._wake_reader)
 
-    def stats(self) -> tuple[int, int, int]:
-        """``(peak pending bytes, bytes consumed, calls that returned)``."""
+    def _may_go_on(self) -> bool:
+        # Warning! Call with _lock held. The reader that waits may read on: once half of the
+        # byte limit drained (`.Account.may_go_on`), and half of the items, if they count.
+        if self.max_items is not None and self._count > self.max_items // 2:
+            return False
+        return self._account.may_go_on(self._pending, self.max_buffer_bytes)
+
+    def stats(self) -> tuple[int, int, int, int]:
+        """``(peak pending bytes, bytes consumed, calls that returned, peak items)``."""
         with self._lock:
-            return self._peak, self._consumed, self._calls
+            return self._peak, self._consumed, self._calls, self._peak_items

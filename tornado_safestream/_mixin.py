@@ -13,6 +13,7 @@ from tornado.web import RequestHandler
 from ._calls import FLUSHING_METHODS, RESPONSE_METHODS
 from ._channel import Channel, producing
 from ._output import Output
+from ._websocket import SafeWebSocketMixin
 
 if TYPE_CHECKING:
     from asyncio import Future
@@ -120,6 +121,16 @@ class SafeStreamMixin(_HandlerBase):
             )
         receiver = inspect.getattr_static(cls, "data_received", None)
         cls._safestream_receives = bool(getattr(receiver, "_safestream_receiver", False))
+        messages = inspect.getattr_static(cls, "on_message", None)
+        if getattr(messages, "_safestream_message_receiver", False) and not issubclass(
+            cls, SafeWebSocketMixin
+        ):
+            # (On Python 3.12+ the decorator's __set_name__ said so already.)
+            raise TypeError(
+                f"@receive_on_executor method {cls.__qualname__}.on_message() needs the "
+                f"SafeWebSocketMixin: Tornado calls on_message of WebSocket handlers only; "
+                f"declare class {cls.__name__}(SafeWebSocketMixin, WebSocketHandler)"
+            )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if self._safestream_receives and not getattr(type(self), "_stream_request_body", False):

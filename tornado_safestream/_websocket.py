@@ -54,6 +54,8 @@ from ._frames import (
 )
 
 if TYPE_CHECKING:
+    from ._inbound import Inbound
+
     _HandlerBase = WebSocketHandler
 else:
     _HandlerBase = object
@@ -416,6 +418,10 @@ class SafeWebSocketMixin(_HandlerBase):
     # read it without a lock: one that has not seen it yet takes the connection for not open
     # yet and gets WebSocketClosedError, as from Tornado's write_message() before open().
     _safestream_connection: _Connection | None = None
+    # Loop-owned: the messages' inbound channel (`.receive_on_executor` on on_message), once
+    # a message came, and whether the connection closed (no channel starts after that).
+    _safestream_inbound: Inbound[str | bytes] | None = None
+    _safestream_receive_closed = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -518,6 +524,17 @@ class SafeWebSocketMixin(_HandlerBase):
             connection.close_soon(code, reason)
         return None
 
+    def _safestream_close_in_order(self, code: int | None, reason: str | None) -> None:
+        """
+        Close after the messages other threads queued so far (any thread): for a worker's
+        failure, whose replies before it still go out.
+        """
+        connection = self._safestream_connection
+        if connection is not None:
+            connection.close_soon(code, reason)
+        elif self._on_loop():
+            super().close(code, reason)
+
     def _safestream_tornado_close(self, code: int | None, reason: str | None) -> None:
         """Tornado's ``close()`` (on the loop), for the connection's loop side."""
         super().close(code, reason)
@@ -534,6 +551,11 @@ class SafeWebSocketMixin(_HandlerBase):
         return stream
 
     def on_connection_close(self) -> None:
+        # On the loop thread, when the connection closed (either side, or a reset).
+        self._safestream_receive_closed = True
+        inbound = self._safestream_inbound
+        if inbound is not None:
+            inbound.abort(WebSocketClosedError())  # queued messages dropped, no more calls
         connection = self._safestream_connection
         if connection is not None:
             connection.client_gone()
