@@ -66,6 +66,8 @@ nitpick_ignore_regex = [
     ("py:class", r"pytest\..*"),
     # broadcast()'s message: the alias of what write_message() takes (str, bytes, dict, ...).
     ("py:class", r"WebSocketMessage"),
+    # SafeWebSocketMixin.slow_client's alias: the Literal of its three policies.
+    ("py:class", r"SlowClient"),
 ]
 
 myst_heading_anchors = 3

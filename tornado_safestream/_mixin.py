@@ -191,7 +191,7 @@ class SafeStreamMixin(_HandlerBase):
 
     def flush_from_worker(self, include_footers: bool = False) -> concurrent.futures.Future[None]:
         """
-        `flush`, for the worker thread of a `.stream_on_executor` method, typed as what it
+        ``flush()``, for the worker thread of a `.stream_on_executor` method, typed as what it
         returns there: a `concurrent.futures.Future` done once the bytes written so far are
         handed to the socket (``.result(timeout=5)`` waits for it), failed with
         `~tornado.iostream.StreamClosedError` if the client went away first. Like

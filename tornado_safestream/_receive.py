@@ -492,7 +492,7 @@ def receive_on_executor(
         at most, before Tornado stops reading (plus one chunk Tornado read, 64 KiB by
         default, or one message).
     :param max_queued_messages: ``on_message`` only: messages waiting for the worker, at
-        most, before Tornado stops reading (default `DEFAULT_RECEIVE_MESSAGES`, 256).
+        most, before Tornado stops reading (default ``DEFAULT_RECEIVE_MESSAGES``, 256).
     :raises TypeError: if the options are of the wrong type, ``max_queued_messages`` is
         given for ``data_received``, or the decorated object is not a plain function named
         ``data_received`` or ``on_message`` (at decoration); if the class is not a
