@@ -10,6 +10,7 @@ on loopback and a body small enough for a fast suite would prove nothing.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Executor
@@ -18,6 +19,7 @@ import pytest
 from helpers import (
     TIMEOUT,
     ExecutorFactory,
+    Pause,
     Progress,
     RawConnection,
     Recorder,
@@ -207,3 +209,55 @@ def test_sixteen_stalled_generators_do_not_starve_a_two_thread_executor(
     finally:
         for conn in stalled:
             conn.close()
+
+
+class WritesPastAFlushInFlight(SafeStreamMixin, RequestHandler):
+    """A flush in flight, then a write without flush that goes over the budget."""
+
+    def initialize(self, executor: Executor, progress: Progress) -> None:
+        self.executor = executor
+        self.progress = progress
+
+    @stream_on_executor(max_buffer_bytes=64 * KiB)
+    def get(self) -> None:
+        self.write(b"a" * (64 * KiB - 1))
+        self.flush()  # in flight: the client is not reading yet
+        # Until the loop carried that flush out (its headers are then written), so that the
+        # next write comes in a batch of its own. A bounded poll: the loop sets no event.
+        for _ in range(int(TIMEOUT / 0.001)):
+            if self._headers_written:
+                break
+            time.sleep(0.001)
+        self.progress.add(1)
+        self.write(b"b" * (64 * KiB - 1))  # over the budget: waits until half of it is sent
+        self.progress.add(1)
+        self.write(b"c" * 10)
+
+
+def test_a_write_waiting_for_budget_has_its_unflushed_bytes_sent(
+    server: ServerFactory, make_executor: ExecutorFactory
+) -> None:
+    # Regression: the producer waited until half its budget was sent while the bytes it had
+    # written since the last flush, under max_buffer_bytes, were never flushed: a hang.
+    progress = Progress()
+    srv = server(
+        [("/", WritesPastAFlushInFlight, dict(executor=make_executor(1), progress=progress))],
+        sndbuf=16 * KiB,
+    )
+    pause = Pause()
+
+    def resume_once_the_producer_waits() -> None:
+        if pause.headers_read.wait(TIMEOUT):
+            progress.wait_at_least(1)
+            progress.wait_stable()
+        pause.resume.set()
+
+    waiter = threading.Thread(target=resume_once_the_producer_waits)
+    waiter.start()
+    try:
+        response = fetch(srv.port, "/", rcvbuf=4 * KiB, pause=pause)
+    finally:
+        pause.resume.set()
+        waiter.join(TIMEOUT)
+    assert response.complete
+    assert response.body == b"a" * (64 * KiB - 1) + b"b" * (64 * KiB - 1) + b"c" * 10

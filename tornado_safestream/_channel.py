@@ -497,14 +497,12 @@ class Channel:
     def _wait_for_budget(self) -> None:
         started = time.monotonic()
         with self._lock:
-            if (
-                not self._flush_requested
-                and self._closed is None
-                and self._pending <= self.max_buffer_bytes
-            ):
-                # Held back by the memory cap, not by max_buffer_bytes (beyond which the
-                # consumer flushes on its own): what was written must move for room to free
-                # up, so flush it now.
+            if not self._flush_requested and self._closed is None:
+                # What was written must move for room to free up: flush it now. (The consumer
+                # flushes on its own only once its unflushed bytes pass max_buffer_bytes, and
+                # the producer waits until half of its limit was sent: bytes written since the
+                # last flush could otherwise stay unsent for ever, as could bytes the memory
+                # cap holds back below max_buffer_bytes.)
                 self._flush_requested = True
                 wake = self._consumer_idle
                 self._consumer_idle = False
