@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
-from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -25,7 +21,7 @@ from helpers import (
 )
 from tornado.web import RequestHandler
 
-from tornado_safestream import SafeStreamMixin, _lanes, stream_on_executor
+from tornado_safestream import SafeStreamMixin, stream_on_executor
 from tornado_safestream._lanes import Lane
 
 KiB = 1024
@@ -52,39 +48,6 @@ class WaitsTogether(SafeStreamMixin, RequestHandler):
             yield BODY[start : start + CHUNK]
 
 
-class Overlap:
-    """How many generators are between two yields at once, at each chunk."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._active = 0
-        self.seen: list[int] = []
-
-    def __enter__(self) -> None:
-        with self._lock:
-            self._active += 1
-            self.seen.append(self._active)
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._active -= 1
-
-
-class Computes(SafeStreamMixin, RequestHandler):
-    def initialize(self, executor: Executor, overlap: Overlap) -> None:
-        self.executor = executor
-        self.overlap = overlap
-
-    @stream_on_executor(max_buffer_bytes=64 * KiB)
-    def get(self) -> Iterator[bytes]:
-        for start in range(0, len(BODY), CHUNK):
-            with self.overlap:
-                chunk = BODY[start : start + CHUNK]
-                sum(chunk[:4096])  # a little work for the interpreter,
-                time.sleep(0)  # and a system call, as a read from the page cache is
-            yield chunk
-
-
 def _download_all(port: int, path: str, n: int) -> list[str]:
     with ThreadPoolExecutor(n) as clients:
         futures = [clients.submit(fetch, port, path, rcvbuf=16 * KiB) for _ in range(n)]
@@ -103,53 +66,6 @@ def test_producers_that_wait_run_in_parallel_up_to_the_executor_size(
     assert _download_all(srv.port, "/", STREAMS) == [sha256(BODY)] * STREAMS
     arrivals = [value for value in rec.values("barrier") if isinstance(value, int)]
     assert sorted(arrivals) == list(range(STREAMS))  # nobody timed out
-    assert logs.errors() == []
-
-
-def _curl_all(port: int, path: str, n: int, directory: Path) -> list[str]:
-    """Download with curl, n at once: clients outside the server's process (in-process
-    client threads would compete with its producers for the interpreter)."""
-    files = [directory / f"body{i}" for i in range(n)]
-    clients = [
-        subprocess.Popen(
-            [
-                CURL,
-                "-s",
-                "-o",
-                str(file),
-                "--max-time",
-                str(TIMEOUT),
-                f"http://127.0.0.1:{port}{path}",
-            ]
-        )
-        for file in files
-    ]
-    for client in clients:
-        assert client.wait(TIMEOUT * 2) == 0
-    return [sha256(file.read_bytes()) for file in files]
-
-
-@pytest.mark.skipif(not os.path.exists(CURL), reason="needs curl")
-def test_producers_that_compute_take_turns_in_a_lane(
-    server: ServerFactory,
-    make_executor: ExecutorFactory,
-    logs: LogRecorder,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # On a busy machine a 2 ms slice can take over STUCK_SECONDS of wall-clock time, and the
-    # watch would then start a second runner: that rescue is another test's subject.
-    monkeypatch.setattr(_lanes, "STUCK_SECONDS", TIMEOUT)
-    overlap = Overlap()
-    pool = make_executor(8)
-    srv = server([("/", Computes, dict(executor=pool, overlap=overlap))], sndbuf=16 * KiB)
-    assert _curl_all(srv.port, "/", 8, tmp_path) == [sha256(BODY)] * 8
-    # Eight streams on eight threads: without the lane, each would run in a thread of its
-    # own whenever its client took some bytes, and they would overlap at every system call.
-    # In the lane they take turns: past their first pulls, they rarely overlap.
-    later = overlap.seen[len(overlap.seen) // 4 :]
-    overlapping = sum(1 for active in later if active > 1)
-    assert overlapping < len(later) // 4, (overlapping, len(later))
     assert logs.errors() == []
 
 
