@@ -255,12 +255,16 @@ class Account:
             return -1
         return min(limit, reservation.nbytes) - pending
 
-    def may_go_on(self, pending: int, limit: int) -> bool:
+    def may_go_on(self, pending: int, limit: int, half: bool = True) -> bool:
         """
-        Whether a stopped producer may go on: once half of its limit drained, or everything
-        if the cap allows it nothing more than it holds.
+        Whether a stopped producer may go on: once half of its limit drained (``half``), or
+        once it is under its limit; or everything, if the cap allows it nothing more than
+        it holds.
         """
-        return pending <= min(limit, self.reservation.nbytes) // 2 or pending == 0
+        allowed = min(limit, self.reservation.nbytes)
+        if half:
+            return pending <= allowed // 2 or pending == 0
+        return pending < allowed or pending == 0
 
     def settle(self, pending: int, limit: int, idle: bool = False) -> int:
         """
