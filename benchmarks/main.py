@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     options = parsed
     plan = QUICK if options.quick else FULL
+    if options.chunk is not None:
+        plan = replace(plan, big_chunk=options.chunk)
     if not sys.platform.startswith("linux"):
         print("the benchmark reads /proc: it runs on Linux only")
         return 2

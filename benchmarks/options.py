@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-buffer-bytes", type=int, help="push/generator (default: library's)")
     parser.add_argument(
+        "--chunk",
+        type=int,
+        help="bytes per read in the big and concurrent scenarios' handlers (default 65536, "
+        "StaticFileHandler's own; static variants always read 64 KiB)",
+    )
+    parser.add_argument(
         "--chunked",
         action="store_true",
         help="handlers do not set Content-Length (chunked encoding; static always sets it)",
@@ -76,6 +82,8 @@ def parse_options(argv: Sequence[str] | None) -> argparse.Namespace | str:
         options.rounds = 1 if options.quick else 3
     options.scenarios = [s for s in options.scenarios.split(",") if s]
     options.variants = [v for v in options.variants.split(",") if v]
+    if options.chunk is not None and options.chunk < 1:
+        return f"--chunk must be at least 1 byte, not {options.chunk}"
     try:
         options.threads = sorted({int(t) for t in options.threads.split(",") if t})
     except ValueError:

@@ -112,6 +112,7 @@ class Plan:
     stalled_rounds: int = 2  # at most this many rounds of the stalled scenario
     stalled_read_timeout: float = 120.0  # for every stalled client to read to the end
     stalled_allowance: int = 48 * MiB  # stalled target: the library's cap + this
+    settle_seconds: float = 1.5  # "RSS kept after": measured this long after the last stream
     stall_threads: int = 4  # executor threads in the slow and stalled scenarios
     probe_size: int = 64 * KiB  # the "fresh small download"
     fresh_timeout: float = 1.0  # a fresh request in the stalled scenario gives up after this

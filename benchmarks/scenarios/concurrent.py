@@ -122,7 +122,8 @@ def tables(bench: Bench) -> list[str]:
     wrk_name = bench.server_info.get("wrk")
     lines = [
         "",
-        f"**concurrent**: clients x {size(plan.concurrent_size)} at once, with executors of "
+        f"**concurrent**: clients x {size(plan.concurrent_size)} at once, read in "
+        f"{size(plan.big_chunk)} chunks by push and generator, with executors of "
         f"{', '.join(str(t) for t in bench.options.threads)} threads; curl --parallel in "
         f"{plan.concurrent_curls} processes writing to memory, the SHA-256 of every body checked "
         "after the timing; client CPU in % of one core. "

@@ -60,6 +60,7 @@ def run(bench: Bench) -> None:
                 f"ms  small {fmt(one['small_ms'], 1)} ms"
                 + (f"  {one['small_timeouts']} timed out" if one["small_timeouts"] else "")
                 + f"  RSS +{fmt(one['rss_growth'] / MiB, 0)} MiB"
+                + f" (kept +{fmt(one['rss_kept'] / MiB, 0)} MiB)"
                 + f"  byte-exact {one['exact']}/{one['streams']} in {fmt(one['drain_s'], 1)} s",
             )
     summary = bench.summary.setdefault("stalled", {})
@@ -74,6 +75,7 @@ def run(bench: Bench) -> None:
             "small_tries": sum(r["small_tries"] for r in items),
             "rss_growth": median([r["rss_growth"] for r in items]),
             "rss_growth_max": max(r["rss_growth"] for r in items),
+            "rss_kept": median([r["rss_kept"] for r in items]),
             "memory_cap": items[0]["memory_cap"],
             "bytes_held": median([r["bytes_held"] for r in items]),
             "exact_min": min(r["exact"] for r in items),
@@ -120,6 +122,7 @@ def once(bench: Bench, variant: Variant, data: DataFile) -> dict[str, Any]:
         stall.stdin.write(b"read\n")
         out, _ = stall.communicate(timeout=plan.stalled_read_timeout + 30)
         read = last_json(out)["read"]
+        after = _settled(server, plan.settle_seconds)
     finally:
         if stall is not None:
             bench.processes.stop(stall)
@@ -144,6 +147,7 @@ def once(bench: Bench, variant: Variant, data: DataFile) -> dict[str, Any]:
         "ping_all_ms": probe["/ping"]["latencies_ms"],
         "small_all_ms": probe["/small"]["latencies_ms"],
         "rss_growth": max(during["vm_hwm"] - before["vm_rss"], 0),
+        "rss_kept": max(after["vm_rss"] - before["vm_rss"], 0),
         "memory_cap": during.get("memory_cap"),
         "bytes_held": during.get("bytes_held"),
         "library_stats": during.get("library_stats"),
@@ -157,6 +161,21 @@ def once(bench: Bench, variant: Variant, data: DataFile) -> dict[str, Any]:
     }
 
 
+def _settled(server: Server, settle: float) -> dict[str, Any]:
+    """
+    The server's figures *settle* seconds after its last stream ended (as its library
+    counts them, when it does; at most 10 s of waiting for that): what memory it kept.
+    """
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        library = server.stats().get("library_stats") or {}
+        if not library.get("streams"):
+            break
+        time.sleep(0.05)
+    time.sleep(settle)
+    return server.stats()
+
+
 def tables(bench: Bench) -> list[str]:
     plan = bench.plan
     return section(
@@ -165,13 +184,15 @@ def tables(bench: Bench) -> list[str]:
         f"**stalled clients**: {plan.stalled_streams} streams of {size(plan.stalled_size)} whose "
         f"clients stop reading after the headers, {plan.stall_threads} threads; a fresh request "
         f"gives up after {plan.fresh_timeout * 1000:.0f} ms and counts as that; then every "
-        "client reads to the end (byte-exact: size and SHA-256 right, worst round)",
+        "client reads to the end (byte-exact: size and SHA-256 right, worst round); RSS kept "
+        f"after: the growth still resident {plan.settle_seconds:g} s after the last stream ended",
         [
             ("headers within 5 s", lambda v: f"{fmt(v['headers'])}/{v['streams']}"),
             ("fresh /ping ms", lambda v: fmt(v["ping_ms"], 1)),
             ("fresh 64 KiB ms", lambda v: fmt(v["small_ms"], 1)),
             ("64 KiB timed out", lambda v: f"{v['small_timeouts']}/{v['small_tries']}"),
             ("RSS growth MiB", lambda v: fmt(v["rss_growth"] / MiB, 0)),
+            ("RSS kept after MiB", lambda v: fmt(v["rss_kept"] / MiB, 0)),
             ("cap MiB", lambda v: _mib(v["memory_cap"])),
             ("held MiB", lambda v: _mib(v["bytes_held"])),
             ("byte-exact", lambda v: f"{v['exact_min']}/{v['streams']}"),
