@@ -6,7 +6,7 @@ How it fits Tornado (the same on 6.3 and 6.6):
 - ``HTTP1Connection._read_fixed_body`` / ``_read_chunked_body`` call the handler's
   ``data_received(chunk)`` for each chunk read, and ``await`` what it returns when that is not
   ``None`` (6.6 in ``_deliver_body``, 6.3 inline), before reading the socket again. The
-  decorated ``data_received`` queues the chunk for the worker (`._inbound.Inbound`) and
+  decorated ``data_received`` queues the chunk for the worker (`.._core._inbound.Inbound`) and
   returns ``None`` while at most ``max_buffer_bytes`` are queued, so Tornado reads on; beyond
   that it returns a future done once the worker consumed half of it: Tornado stops reading,
   and TCP slows the client. (Both versions call ``data_received`` only while the response is
@@ -59,11 +59,11 @@ from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from ._executors import submit as submit_to
-from ._inbound import Inbound, Submit
+from .._core._executors import submit as submit_to
+from .._core._inbound import Inbound, Submit
+from .._websocket._handler import SafeWebSocketMixin
 from ._mixin import SafeStreamMixin
 from ._stream import _find_executor, _log_task_error, _refuse_inherited_pool
-from ._websocket import SafeWebSocketMixin
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable

@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler
 
-from ._calls import FLUSHING_METHODS, RESPONSE_METHODS
-from ._channel import Channel, producing
-from ._output import Output
-from ._websocket import SafeWebSocketMixin
+from .._core._calls import FLUSHING_METHODS, RESPONSE_METHODS
+from .._core._channel import Channel, producing
+from .._core._output import Output
+from .._websocket._handler import SafeWebSocketMixin
 
 if TYPE_CHECKING:
     from asyncio import Future
 
-    from ._consumer import Consumer
-    from ._inbound import Inbound
-    from ._stats import StreamStats
+    from .._core._consumer import Consumer
+    from .._core._inbound import Inbound
+    from .._core._stats import StreamStats
 
     _HandlerBase = RequestHandler
 else:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Concatenate, ParamSpec, TypeAlias
 
-    from ._chunks import Chunk
+    from .._core._chunks import Chunk
 
     _P = ParamSpec("_P")
     #: A push-style body (returns None) or a generator-style one (yields chunks).
