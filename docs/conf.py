@@ -59,10 +59,12 @@ intersphinx_timeout = 1
 # Names in signatures that no inventory has: type variables and aliases of the package's
 # own typing, and pytest's objects (pytest publishes no inventory that the build can reach).
 nitpick_ignore: list[tuple[str, str]] = []
+#: A private module: ``tornado_safestream._assertions``, ``tornado_safestream._core._channel``.
+_PRIVATE = r"tornado_safestream(\._core|\._http|\._websocket)?\._[a-z_]+"
 nitpick_ignore_regex = [
-    ("py:class", r"tornado_safestream\._[a-z_]+\._[A-Za-z]+"),
+    ("py:class", _PRIVATE + r"\._[A-Za-z]+"),
     ("py:class", r"_[A-Z][A-Za-z]*"),
-    ("py:obj", r"tornado_safestream\._[a-z_]+\._[A-Z][A-Za-z]*"),  # a Generic's type variable
+    ("py:obj", _PRIVATE + r"\._[A-Z][A-Za-z]*"),  # a Generic's type variable
     ("py:class", r"pytest\..*"),
     # broadcast()'s message: the alias of what write_message() takes (str, bytes, dict, ...).
     ("py:class", r"WebSocketMessage"),

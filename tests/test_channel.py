@@ -11,7 +11,7 @@ from typing import Callable, TypeVar
 import pytest
 from tornado.iostream import StreamClosedError
 
-from tornado_safestream._channel import FLUSH, Call, Channel, End, Op, Put
+from tornado_safestream._core._channel import FLUSH, Call, Channel, End, Op, Put
 
 T = TypeVar("T")
 TIMEOUT = 10.0

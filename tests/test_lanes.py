@@ -22,7 +22,7 @@ from helpers import (
 from tornado.web import RequestHandler
 
 from tornado_safestream import SafeStreamMixin, stream_on_executor
-from tornado_safestream._lanes import Lane
+from tornado_safestream._core._lanes import Lane
 
 KiB = 1024
 CHUNK = 16 * KiB

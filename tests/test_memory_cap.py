@@ -21,7 +21,7 @@ from helpers import (
 from tornado.web import RequestHandler
 
 from tornado_safestream import SafeStreamMixin, stream_on_executor
-from tornado_safestream._memory import MemoryCap, memory_cap
+from tornado_safestream._core._memory import MemoryCap, memory_cap
 from tornado_safestream.memory import (
     DEFAULT_MEMORY_CAP,
     MemoryStats,

@@ -7,8 +7,8 @@ from http.client import HTTPException
 
 import pytest
 
-from tornado_safestream._chunks import to_bytes
-from tornado_safestream._words import a_type
+from tornado_safestream._core._chunks import to_bytes
+from tornado_safestream._core._words import a_type
 
 
 class UserThing:

@@ -29,7 +29,7 @@ from helpers import (
 from tornado.web import RequestHandler
 
 from tornado_safestream import SafeStreamMixin, stream_on_executor
-from tornado_safestream._output import PIECE_BYTES
+from tornado_safestream._core._output import PIECE_BYTES
 
 KiB = 1024
 MiB = 1024 * 1024

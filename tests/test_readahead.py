@@ -21,7 +21,7 @@ from helpers import (
 from tornado.web import RequestHandler
 
 from tornado_safestream import SafeStreamMixin, stream_on_executor
-from tornado_safestream._readahead import (
+from tornado_safestream._core._readahead import (
     GROW_SECONDS,
     HORIZON,
     MIN_WINDOW,

@@ -40,7 +40,7 @@ from tornado_safestream import (
     WrongThreadError,
     receive_on_executor,
 )
-from tornado_safestream._inbound import Inbound
+from tornado_safestream._core._inbound import Inbound
 
 #: A small socket buffer on both sides, so that a server that stops reading is felt at once.
 SMALL_BUFFER = 4096

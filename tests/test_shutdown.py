@@ -56,7 +56,7 @@ BIG_FLUSH = 1 * MiB
 #: How long the executor may take to shut down: a hang detector, not a speed limit.
 SHUTDOWN_DEADLINE = 5.0
 #: How long producers a closed loop left behind may take to hear of it. The library's
-#: waits check the loop every 0.25 s (tornado_safestream._waiting.POLL_SECONDS).
+#: waits check the loop every 0.25 s (tornado_safestream._core._waiting.POLL_SECONDS).
 ORPHANS_DEADLINE = 3.0
 #: What asyncio reports of a task left pending on a closed loop: expected when the loop is
 #: closed with connections open (Tornado's own tasks for them are pending too).

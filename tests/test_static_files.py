@@ -34,9 +34,9 @@ from helpers import (
 )
 from tornado.web import RequestHandler, StaticFileHandler
 
-import tornado_safestream._sendfile as sendfile_module
+import tornado_safestream._core._sendfile as sendfile_module
 from tornado_safestream import SafeStaticFileHandler
-from tornado_safestream._static import _VERSIONS_LOCK
+from tornado_safestream._http._static import _VERSIONS_LOCK
 
 MIB = 1024 * 1024
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from tornado_safestream._waker import Waker, waker_for
+from tornado_safestream._core._waker import Waker, waker_for
 
 TIMEOUT = 10.0
 

@@ -33,13 +33,13 @@ __all__ = (
 from ._assertions import disable_thread_assertions as disable_thread_assertions
 from ._assertions import enable_thread_assertions as enable_thread_assertions
 from ._assertions import thread_assertions as thread_assertions
-from ._broadcast import BroadcastResult as BroadcastResult
-from ._broadcast import broadcast as broadcast
-from ._decorator import stream_on_executor as stream_on_executor
 from ._errors import WrongThreadError as WrongThreadError
-from ._mixin import SafeStreamMixin as SafeStreamMixin
-from ._receive import receive_on_executor as receive_on_executor
-from ._static import SafeStaticFileHandler as SafeStaticFileHandler
-from ._websocket import SafeWebSocketMixin as SafeWebSocketMixin
+from ._http._decorator import stream_on_executor as stream_on_executor
+from ._http._mixin import SafeStreamMixin as SafeStreamMixin
+from ._http._receive import receive_on_executor as receive_on_executor
+from ._http._static import SafeStaticFileHandler as SafeStaticFileHandler
+from ._websocket._broadcast import BroadcastResult as BroadcastResult
+from ._websocket._broadcast import broadcast as broadcast
+from ._websocket._handler import SafeWebSocketMixin as SafeWebSocketMixin
 
 __version__ = "0.1.0"

@@ -32,7 +32,7 @@ from typing import Any, Callable, NamedTuple
 
 import tornado
 
-from ._calls import RESPONSE_METHODS
+from ._core._calls import RESPONSE_METHODS
 from ._errors import WrongThreadError
 
 __all__ = (

@@ -25,10 +25,10 @@ __all__ = (
 
 import numbers
 
-from ._memory import DEFAULT_MEMORY_CAP as DEFAULT_MEMORY_CAP
-from ._memory import MemoryStats as MemoryStats
-from ._memory import memory_cap
-from ._stats import StreamStats as StreamStats
+from ._core._memory import DEFAULT_MEMORY_CAP as DEFAULT_MEMORY_CAP
+from ._core._memory import MemoryStats as MemoryStats
+from ._core._memory import memory_cap
+from ._core._stats import StreamStats as StreamStats
 
 
 def memory_stats() -> MemoryStats:

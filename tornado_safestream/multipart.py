@@ -15,7 +15,7 @@ from __future__ import annotations
 
 __all__ = ("DiskFile", "FileTarget", "MultipartForm", "Part")
 
-from ._multipart import DiskFile as DiskFile
-from ._multipart import FileTarget as FileTarget
-from ._multipart import MultipartForm as MultipartForm
-from ._multipart import Part as Part
+from ._http._multipart import DiskFile as DiskFile
+from ._http._multipart import FileTarget as FileTarget
+from ._http._multipart import MultipartForm as MultipartForm
+from ._http._multipart import Part as Part

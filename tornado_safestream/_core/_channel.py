@@ -15,7 +15,7 @@ What goes through it, in the order the producer made it:
 - `.FileRange`: a range of a file, sent without reading it (see `._sendfile`); it holds the
   whole budget until the consumer has sent it.
 - `Item`: something a consumer other than the response's carries out (a WebSocket message,
-  see `._websocket`), queued with `Channel.offer`, which never lets it exceed the budget.
+  see `.._websocket._handler`), queued with `Channel.offer`, which never lets it exceed the budget.
 
 The budget: ``pending`` counts the bytes the producer wrote that are not yet handed to the
 socket. Its limit is ``max_buffer_bytes`` for a push producer, and the stream's read-ahead

@@ -31,14 +31,14 @@ from tornado.iostream import StreamClosedError
 from tornado.log import app_log
 from tornado.web import HTTPError, RequestHandler
 
-from ._channel import Channel
-from ._consumer import Consumer, ignore_outcome
-from ._executors import offload as offload_to
-from ._executors import submit as submit_to
-from ._lanes import Lane, lane_for
+from .._core._channel import Channel
+from .._core._consumer import Consumer, ignore_outcome
+from .._core._executors import offload as offload_to
+from .._core._executors import submit as submit_to
+from .._core._lanes import Lane, lane_for
+from .._core._producers import GeneratorProducer, PushProducer
+from .._core._words import a_type
 from ._mixin import SafeStreamMixin
-from ._producers import GeneratorProducer, PushProducer
-from ._words import a_type
 
 __all__ = ("Options", "run_stream")
 

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import numbers
-import sys
-import types
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, cast, overload
 
-from tornado.web import RequestHandler
-
-from ._mixin import SafeStreamMixin
+from ._mixin import DecoratedMethod, SafeStreamMixin
 from ._stream import Options, run_stream
 
 _H = TypeVar("_H", bound=SafeStreamMixin)
@@ -22,7 +17,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Concatenate, ParamSpec, TypeAlias
 
-    from ._chunks import Chunk
+    from .._core._chunks import Chunk
 
     _P = ParamSpec("_P")
     #: A push-style body (returns None) or a generator-style one (yields chunks).
@@ -67,37 +62,26 @@ class _StreamOnExecutor:
         return cast("_Streamer[_H, _P]", _StreamMethod(method, self._options))
 
 
-class _StreamMethod:
+class _StreamMethod(DecoratedMethod[Options]):
     """The decorated method: a descriptor, so it can check the class it is defined in."""
 
+    DECORATOR = "stream_on_executor"
+    MIXIN = SafeStreamMixin
+
     def __init__(self, method: Callable[..., Any], options: Options) -> None:
-        functools.update_wrapper(self, method)
-        self._method = method
-        self._options = options
+        super().__init__(method, options)
         self._is_generator = inspect.isgeneratorfunction(method)
 
-    def __repr__(self) -> str:
-        style = "generator" if self._is_generator else "push"
-        return f"<@stream_on_executor {style}-style method {self._method.__qualname__}>"
+    def _kind(self) -> str:
+        return f"{'generator' if self._is_generator else 'push'}-style method"
 
-    def __set_name__(self, owner: type, name: str) -> None:
-        # Python < 3.12 would wrap the TypeError in a RuntimeError: there, the same check
-        # fails the first request instead (500, and the TypeError logged).
-        if (
-            sys.version_info >= (3, 12)
-            and issubclass(owner, RequestHandler)
-            and not issubclass(owner, SafeStreamMixin)
-        ):
-            raise TypeError(
-                f"@stream_on_executor method {owner.__qualname__}.{name}() needs the "
-                f"SafeStreamMixin: declare class {owner.__name__}(SafeStreamMixin, "
-                f"{', '.join(base.__name__ for base in owner.__bases__)})"
-            )
-
-    def __get__(self, instance: object, owner: type | None = None) -> Any:
-        if instance is None:
-            return self
-        return types.MethodType(self, instance)
+    def _misplaced(self, owner: type, name: str) -> str:
+        # Before 3.12, the same check fails the first request (500, and the TypeError logged).
+        return (
+            f"@stream_on_executor method {owner.__qualname__}.{name}() needs the "
+            f"SafeStreamMixin: declare class {owner.__name__}(SafeStreamMixin, "
+            f"{', '.join(base.__name__ for base in owner.__bases__)})"
+        )
 
     def __call__(self, handler: object, /, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, None]:
         return run_stream(handler, self._method, self._is_generator, self._options, args, kwargs)

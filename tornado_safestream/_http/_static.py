@@ -12,7 +12,7 @@ order, as for any `@stream_on_executor` method. The body then flows through the 
 and consumer as a generator's chunks: bounded read-ahead, no thread held while the client is
 slow, the file closed in the executor when the client leaves. Where the connection allows
 it, the default ``get_content`` hands the consumer a `.FileRange` instead, which it sends
-with ``sendfile`` (see `._sendfile`).
+with ``sendfile`` (see `.._core._sendfile`).
 
 Versions (the ``Etag`` and ``static_url(...)?v=``) are cached as Tornado caches them, but
 computed outside of any lock the loop may wait for: see `SafeStaticFileHandler.get_version`.
@@ -33,14 +33,14 @@ from tornado import httputil
 from tornado.log import gen_log
 from tornado.web import HTTPError, StaticFileHandler
 
-from ._channel import producing
+from .._core._channel import producing
+from .._core._executors import offload, submit
+from .._core._sendfile import FileRange, FileShrankError, can_send_file
+from .._core._waiting import POLL_SECONDS
+from .._core._words import a_type
 from ._decorator import DEFAULT_MAX_BUFFER_BYTES
-from ._executors import offload, submit
 from ._mixin import SafeStreamMixin
-from ._sendfile import FileRange, FileShrankError, can_send_file
 from ._stream import Options, run_stream
-from ._waiting import POLL_SECONDS
-from ._words import a_type
 
 __all__ = ("SafeStaticFileHandler",)
 

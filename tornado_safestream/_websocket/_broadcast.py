@@ -9,9 +9,9 @@ from typing import NamedTuple
 
 from tornado.iostream import StreamClosedError
 
-from ._channel import Channel, Offer
+from .._core._channel import Channel, Offer
 from ._frames import Message, WebSocketMessage, encode, frame
-from ._websocket import Outcome, SafeWebSocketMixin, _Connection
+from ._handler import Outcome, SafeWebSocketMixin, _Connection
 
 __all__ = ("BroadcastResult", "broadcast")
 

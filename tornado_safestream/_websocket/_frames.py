@@ -4,7 +4,7 @@ WebSocket messages as the library sends them: encoded once, in the sending threa
 A server's frames are not masked (RFC 6455, 5.1), so a frame's bytes depend only on the
 message: the sending thread builds them (`frame`), and a broadcast builds them once for
 every connection without per-message compression. With compression a connection's frames
-depend on its compressor's state: the loop compresses them, in order (see `._websocket`).
+depend on its compressor's state: the loop compresses them, in order (see `._handler`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any, Union
 from tornado.escape import json_encode, utf8
 from tornado.websocket import WebSocketClosedError
 
-from ._channel import Item
-from ._waiting import ProducerFuture
+from .._core._channel import Item
+from .._core._waiting import ProducerFuture
 
 __all__ = (
     "CLOSE",

@@ -6,7 +6,7 @@ How it fits Tornado (the same on 6.3 and 6.6):
 - ``HTTP1Connection._read_fixed_body`` / ``_read_chunked_body`` call the handler's
   ``data_received(chunk)`` for each chunk read, and ``await`` what it returns when that is not
   ``None`` (6.6 in ``_deliver_body``, 6.3 inline), before reading the socket again. The
-  decorated ``data_received`` queues the chunk for the worker (`._inbound.Inbound`) and
+  decorated ``data_received`` queues the chunk for the worker (`.._core._inbound.Inbound`) and
   returns ``None`` while at most ``max_buffer_bytes`` are queued, so Tornado reads on; beyond
   that it returns a future done once the worker consumed half of it: Tornado stops reading,
   and TCP slows the client. (Both versions call ``data_received`` only while the response is
@@ -51,7 +51,6 @@ import contextvars
 import functools
 import inspect
 import sys
-import types
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union, cast, overload
 
 from tornado.concurrent import future_set_result_unless_cancelled
@@ -59,11 +58,11 @@ from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from ._executors import submit as submit_to
-from ._inbound import Inbound, Submit
-from ._mixin import SafeStreamMixin
+from .._core._executors import submit as submit_to
+from .._core._inbound import Inbound, Submit
+from .._websocket._handler import SafeWebSocketMixin
+from ._mixin import DecoratedMethod, SafeStreamMixin
 from ._stream import _find_executor, _log_task_error, _refuse_inherited_pool
-from ._websocket import SafeWebSocketMixin
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -171,34 +170,18 @@ class _ReceiveOnExecutor:
         return cast("_Received[_H, _M]", _ReceiveMethod(method, self._options))
 
 
-class _ReceiveMethod:
+class _ReceiveMethod(DecoratedMethod[_Options]):
     """The decorated ``data_received``: a descriptor, so it can check its class."""
+
+    DECORATOR = "receive_on_executor"
+    MIXIN = SafeStreamMixin
 
     #: Tells `.SafeStreamMixin` that the class receives its body in the executor.
     _safestream_receiver = True
 
-    def __init__(self, method: Callable[..., Any], options: _Options) -> None:
-        functools.update_wrapper(self, method)
-        self._method = method
-        self._options = options
-
-    def __repr__(self) -> str:
-        return f"<@receive_on_executor method {self._method.__qualname__}>"
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        # Python < 3.12 would wrap the TypeError in a RuntimeError: there, the mixin's
-        # __init_subclass__ and the first request check it instead.
-        if (
-            sys.version_info >= (3, 12)
-            and issubclass(owner, RequestHandler)
-            and not issubclass(owner, SafeStreamMixin)
-        ):
-            raise TypeError(_no_mixin(owner, name))
-
-    def __get__(self, instance: object, owner: type | None = None) -> Any:
-        if instance is None:
-            return self
-        return types.MethodType(self, instance)
+    def _misplaced(self, owner: type, name: str) -> str:
+        # Before 3.12, SafeStreamMixin's __init_subclass__ and the first request check it.
+        return _no_mixin(owner, name)
 
     def __call__(self, handler: object, chunk: bytes, /) -> asyncio.Future[None] | None:
         if not isinstance(handler, SafeStreamMixin) or not isinstance(handler, RequestHandler):
@@ -305,39 +288,26 @@ def _submitter(
 # ----------------------------------------------------------------------- WebSocket messages
 
 
-class _MessageMethod:
+class _MessageMethod(DecoratedMethod[_Options]):
     """The decorated ``on_message``: a descriptor, so it can check its class."""
+
+    DECORATOR = "receive_on_executor"
+    MIXIN = SafeWebSocketMixin
 
     #: Tells the mixins that the class receives its messages in the executor.
     _safestream_message_receiver = True
 
     def __init__(self, method: Callable[..., Any], options: _Options) -> None:
-        functools.update_wrapper(self, method)
-        self._method = method
-        self._options = options
+        super().__init__(method, options)
         self._max_messages = (
             DEFAULT_RECEIVE_MESSAGES
             if options.max_queued_messages is None
             else options.max_queued_messages
         )
 
-    def __repr__(self) -> str:
-        return f"<@receive_on_executor method {self._method.__qualname__}>"
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        # As _ReceiveMethod: Python < 3.12 would wrap the TypeError in a RuntimeError; there,
-        # SafeStreamMixin's __init_subclass__ or the first message checks it instead.
-        if (
-            sys.version_info >= (3, 12)
-            and issubclass(owner, RequestHandler)
-            and not issubclass(owner, SafeWebSocketMixin)
-        ):
-            raise TypeError(_no_websocket_mixin(owner, name))
-
-    def __get__(self, instance: object, owner: type | None = None) -> Any:
-        if instance is None:
-            return self
-        return types.MethodType(self, instance)
+    def _misplaced(self, owner: type, name: str) -> str:
+        # Before 3.12, SafeStreamMixin's __init_subclass__ or the first message checks it.
+        return _no_websocket_mixin(owner, name)
 
     def __call__(self, handler: object, message: str | bytes, /) -> asyncio.Future[None] | None:
         # On the loop thread: Tornado's frame loop, once per whole message.

@@ -37,7 +37,7 @@ from ._sendfile import FileRange, FileShrankError, Offload, send_range
 from ._stats import StreamStats
 
 if TYPE_CHECKING:
-    from ._mixin import SafeStreamMixin
+    from .._http._mixin import SafeStreamMixin
 
 __all__ = ("Consumer", "ignore_outcome")
 

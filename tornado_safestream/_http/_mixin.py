@@ -1,32 +1,42 @@
-"""`SafeStreamMixin`: response methods called from a handler's producer thread go to the loop."""
+"""
+`SafeStreamMixin`: response methods called from a handler's producer thread go to the loop.
+
+Also `DecoratedMethod`, the base of what the decorators make of a handler method: a
+descriptor that checks the class it is defined in has the mixin it needs.
+"""
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import inspect
+import sys
 import threading
-from typing import TYPE_CHECKING, Any, Callable, cast
+import types
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, TypeVar, cast
 
 from tornado.iostream import StreamClosedError
 from tornado.web import RequestHandler
 
-from ._calls import FLUSHING_METHODS, RESPONSE_METHODS
-from ._channel import Channel, producing
-from ._output import Output
-from ._websocket import SafeWebSocketMixin
+from .._core._calls import FLUSHING_METHODS, RESPONSE_METHODS
+from .._core._channel import Channel, producing
+from .._core._output import Output
+from .._websocket._handler import SafeWebSocketMixin
 
 if TYPE_CHECKING:
     from asyncio import Future
 
-    from ._consumer import Consumer
-    from ._inbound import Inbound
-    from ._stats import StreamStats
+    from .._core._consumer import Consumer
+    from .._core._inbound import Inbound
+    from .._core._stats import StreamStats
 
     _HandlerBase = RequestHandler
 else:
     _HandlerBase = object
 
-__all__ = ("SafeStreamMixin",)
+__all__ = ("DecoratedMethod", "SafeStreamMixin")
+
+_O = TypeVar("_O")
 
 
 def _producer_channel(handler: SafeStreamMixin, method: str) -> Channel | None:
@@ -292,3 +302,52 @@ for _name in RESPONSE_METHODS:
     if _name not in SafeStreamMixin.__dict__:
         setattr(SafeStreamMixin, _name, _forwarding(_name))
 del _name
+
+
+class DecoratedMethod(Generic[_O]):
+    """
+    A handler method as a decorator made it: a descriptor, so it can check its class.
+
+    A subclass names its decorator (`DECORATOR`) and the mixin the handler class needs
+    (`MIXIN`), says what is wrong with a class that lacks it (`_misplaced`), and carries out
+    the call (``__call__``, with the handler first). It wraps the method as
+    `functools.wraps` does, and is bound to a handler as a method is.
+    """
+
+    #: The decorator's name, as the repr shows it: ``"stream_on_executor"``.
+    DECORATOR: ClassVar[str]
+    #: The mixin a `~tornado.web.RequestHandler` class needs to have the method.
+    MIXIN: ClassVar[type]
+    #: The call, with the handler first: each subclass defines it.
+    __call__: Callable[..., Any]
+
+    def __init__(self, method: Callable[..., Any], options: _O) -> None:
+        functools.update_wrapper(self, method)
+        self._method = method
+        self._options = options
+
+    def __repr__(self) -> str:
+        return f"<@{self.DECORATOR} {self._kind()} {self._method.__qualname__}>"
+
+    def _kind(self) -> str:
+        """What the repr calls the method."""
+        return "method"
+
+    def _misplaced(self, owner: type, name: str) -> str:
+        """The error message for the method ``name`` of ``owner``, a class without `MIXIN`."""
+        raise NotImplementedError
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        # Python < 3.12 would wrap the TypeError in a RuntimeError: there, it is checked
+        # later (each subclass's _misplaced says where).
+        if (
+            sys.version_info >= (3, 12)
+            and issubclass(owner, RequestHandler)
+            and not issubclass(owner, self.MIXIN)
+        ):
+            raise TypeError(self._misplaced(owner, name))
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return types.MethodType(self, instance)

@@ -40,7 +40,7 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.log import app_log
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
 
-from ._channel import Channel, Item, Offer
+from .._core._channel import Channel, Item, Offer
 from ._frames import (
     CLOSE,
     PING,
@@ -54,7 +54,7 @@ from ._frames import (
 )
 
 if TYPE_CHECKING:
-    from ._inbound import Inbound
+    from .._core._inbound import Inbound
 
     _HandlerBase = WebSocketHandler
 else:
