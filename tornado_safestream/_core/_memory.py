@@ -17,6 +17,9 @@ A stream talks to the cap a batch at a time, not per chunk: it reserves its whol
 once and keeps it while it streams (giving back what it does not use only when the window
 shrinks, or when other streams are waiting).
 
+When what the streams hold drops to half of its high-water mark or less, by `.TRIM_BYTES`
+or more, the cap has freed memory given back to the system (`._trim`).
+
 .. warning::
 
    Every attribute of `MemoryCap` under "guarded by ``_lock``" is read and written with
@@ -31,6 +34,8 @@ import collections
 import threading
 import weakref
 from typing import NamedTuple, Protocol
+
+from ._trim import TRIM_BYTES, Trimmer, trimmer
 
 __all__ = (
     "DEFAULT_MEMORY_CAP",
@@ -80,12 +85,14 @@ class Reservation:
 class MemoryCap:
     """The shared budget. See the module docstring. Thread-safe."""
 
-    def __init__(self, limit: int | None) -> None:
+    def __init__(self, limit: int | None, trim: Trimmer | None = None) -> None:
+        self._trimmer = trim  # gives freed memory back to the system (see _trim)
         self._lock = threading.Lock()
         # --- guarded by _lock ---
         self._limit = limit
         self._held = 0
         self._peak = 0
+        self._high = 0  # the most held since memory was last given back
         self._streams = 0
         # Streams refused bytes, first come first served: weak references, so that a stream
         # left behind (its loop closed under it) can be collected, and give its bytes back.
@@ -147,8 +154,7 @@ class MemoryCap:
                 else:
                     self._waiters.pop(key, None)
             self._held += got
-            if self._held > self._peak:
-                self._peak = self._held
+            self._note_held()
         return force + got
 
     def release(self, nbytes: int) -> None:
@@ -156,7 +162,10 @@ class MemoryCap:
         with self._lock:
             self._held -= nbytes
             grants = self._grant()
+            trim = self._trim_due()
         _deliver(grants)
+        if trim is not None:
+            trim.request()
 
     def leave(self, stream: weakref.ref[Reserver], reservation: Reservation) -> None:
         """
@@ -170,7 +179,10 @@ class MemoryCap:
             self._held -= reservation.nbytes
             reservation.nbytes = 0
             grants = self._grant()
+            trim = self._trim_due()
         _deliver(grants)
+        if trim is not None:
+            trim.request()
 
     def _grant(self) -> list[tuple[Reserver, int]]:
         # Warning! Call with _lock held. First come, first served: the head of the queue is
@@ -198,9 +210,31 @@ class MemoryCap:
             grants.append((stream, got))
             if got < want:
                 break
+        self._note_held()
+        return grants
+
+    def _note_held(self) -> None:
+        # Warning! Call with _lock held, after ``_held`` grew.
         if self._held > self._peak:
             self._peak = self._held
-        return grants
+        if self._held > self._high:
+            self._high = self._held
+
+    def _trim_due(self) -> Trimmer | None:
+        """
+        The trimmer to ask, if what the streams hold dropped enough since its high-water
+        mark for freed memory to be given back to the system (the mark then starts again
+        from here): to half of it or less, and by `TRIM_BYTES` or more.
+
+        Warning! Call with _lock held.
+        """
+        trim = self._trimmer
+        if trim is None or not trim.available:
+            return None
+        if self._high - self._held < TRIM_BYTES or self._held > self._high // 2:
+            return None
+        self._high = self._held
+        return trim
 
 
 class Account:
@@ -310,7 +344,7 @@ def _deliver(grants: list[tuple[Reserver, int]]) -> None:
         stream.granted(nbytes)
 
 
-_cap = MemoryCap(DEFAULT_MEMORY_CAP)
+_cap = MemoryCap(DEFAULT_MEMORY_CAP, trimmer())
 
 
 def memory_cap() -> MemoryCap:
