@@ -13,8 +13,8 @@ from helpers import sha256 as sha256_of
 from tornado.web import RequestHandler
 
 from tornado_safestream import SafeStreamMixin, stream_on_executor
-from tornado_safestream._memory import MemoryCap, Reservation, memory_cap
-from tornado_safestream._trim import EVERY_SECONDS, TRIM_BYTES, Trimmer, trimmer
+from tornado_safestream._core._memory import MemoryCap, Reservation, memory_cap
+from tornado_safestream._core._trim import EVERY_SECONDS, TRIM_BYTES, Trimmer, trimmer
 
 MiB = 1024 * 1024
 

@@ -17,6 +17,7 @@ on it. Its modules, from the top down:
 - ``_sendfile``: a range of an open file, sent with ``os.sendfile``.
 - ``_readahead``: how many bytes of a generator stream may wait for its client.
 - ``_memory``: the process-wide memory cap that every stream counts against.
+- ``_trim``: giving the memory the streams let go of back to the system.
 - ``_lanes``: where generator producers that compute run.
 - ``_executors``: running work in an executor from the loop.
 - ``_waiting``: how a producer thread waits for the loop (never for ever).
