@@ -91,6 +91,17 @@ class TestWhenTheCapAsks:
         assert repr(trim) == "<Trimmer available=False scheduled=False trims=0>"
         assert not trim.wait_for(1, 0.01)
 
+    def test_a_forked_child_forgets_a_trim_its_parent_scheduled(self) -> None:
+        release = threading.Event()
+        trim = Trimmer(lambda pad: int(release.wait(TIMEOUT)))
+        cap = MemoryCap(None, trim)
+        cap.reserve(Stream(), 0, 2 * TRIM_BYTES)
+        cap.release(2 * TRIM_BYTES)
+        assert "scheduled=True" in repr(trim)
+        trim.forget_after_fork()  # what os.register_at_fork has the child do
+        assert "scheduled=False" in repr(trim)
+        release.set()
+
 
 @pytest.mark.skipif(not trimmer().available, reason="the C library has no malloc_trim (glibc only)")
 def test_the_process_trims_once_a_burst_of_streams_ends(

@@ -20,6 +20,7 @@ arena: not on the loop), at most once every `EVERY_SECONDS`. Where the C library
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 import threading
 import time
@@ -101,6 +102,12 @@ class Trimmer:
             with self._lock:
                 self._scheduled = False
 
+    def forget_after_fork(self) -> None:
+        """In a child process just forked: a trim the parent scheduled has no thread here."""
+        self._lock = threading.Lock()
+        self._done = threading.Condition(self._lock)
+        self._scheduled = False
+
     def _run(self, delay: float) -> None:
         # In its own thread: the delay lets the last chunks of the drop be freed first.
         time.sleep(delay)
@@ -117,6 +124,8 @@ class Trimmer:
 
 
 _trimmer = Trimmer(_find_malloc_trim())
+if hasattr(os, "register_at_fork"):  # (not on Windows)
+    os.register_at_fork(after_in_child=_trimmer.forget_after_fork)
 
 
 def trimmer() -> Trimmer:
