@@ -3,6 +3,8 @@
 from __future__ import annotations
 import __future__
 
+import importlib
+import pickle
 import types
 from pathlib import Path
 
@@ -75,6 +77,37 @@ class TestPublicApi:
         ):
             module = getattr(tornado_safestream, name).__module__
             assert module.split(".")[0] == "tornado_safestream", (name, module)
+
+    @pytest.mark.parametrize(
+        ("module", "names"),
+        [
+            (
+                "tornado_safestream",
+                (
+                    "BroadcastResult",
+                    "SafeStaticFileHandler",
+                    "SafeStreamMixin",
+                    "SafeWebSocketMixin",
+                    "WrongThreadError",
+                ),
+            ),
+            ("tornado_safestream.memory", ("MemoryStats", "StreamStats")),
+            ("tornado_safestream.multipart", ("DiskFile", "FileTarget", "MultipartForm", "Part")),
+        ],
+    )
+    def test_classes_name_their_public_module(self, module: str, names: tuple[str, ...]) -> None:
+        """Reprs, pickles and the docs say where users import a class from."""
+        public = importlib.import_module(module)
+        for name in names:
+            cls = getattr(public, name)
+            assert (cls.__module__, cls.__qualname__) == (module, name)
+            assert repr(cls) == f"<class '{module}.{name}'>"
+
+    def test_stats_survive_a_pickle(self) -> None:
+        from tornado_safestream.memory import memory_stats
+
+        stats = memory_stats()
+        assert pickle.loads(pickle.dumps(stats)) == stats
 
     def test_version_is_a_string(self) -> None:
         assert isinstance(tornado_safestream.__version__, str)

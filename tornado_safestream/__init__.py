@@ -43,3 +43,9 @@ from ._websocket._broadcast import broadcast as broadcast
 from ._websocket._handler import SafeWebSocketMixin as SafeWebSocketMixin
 
 __version__ = "0.1.0"
+
+# The public classes name the module users import them from (in reprs, pickles and the
+# documentation), not the private module that defines them.
+for _public in (SafeStreamMixin, SafeStaticFileHandler, SafeWebSocketMixin, BroadcastResult):
+    _public.__module__ = __name__
+del _public

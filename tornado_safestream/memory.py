@@ -30,6 +30,9 @@ from ._core._memory import MemoryStats as MemoryStats
 from ._core._memory import memory_cap
 from ._core._stats import StreamStats as StreamStats
 
+# Named after this module, where users import them from (reprs, pickles, the docs).
+MemoryStats.__module__ = StreamStats.__module__ = __name__
+
 
 def memory_stats() -> MemoryStats:
     """

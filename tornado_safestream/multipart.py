@@ -19,3 +19,8 @@ from ._http._multipart import DiskFile as DiskFile
 from ._http._multipart import FileTarget as FileTarget
 from ._http._multipart import MultipartForm as MultipartForm
 from ._http._multipart import Part as Part
+
+# Named after this module, where users import them from (reprs, pickles, the docs).
+for _public in (DiskFile, FileTarget, MultipartForm, Part):
+    _public.__module__ = __name__
+del _public
