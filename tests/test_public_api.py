@@ -89,19 +89,29 @@ class TestPublicApi:
                     "SafeStreamMixin",
                     "SafeWebSocketMixin",
                     "WrongThreadError",
+                    "broadcast",
+                    "disable_thread_assertions",
+                    "enable_thread_assertions",
+                    "receive_on_executor",
+                    "stream_on_executor",
+                    "thread_assertions",
                 ),
             ),
-            ("tornado_safestream.memory", ("MemoryStats", "StreamStats")),
+            (
+                "tornado_safestream.memory",
+                ("MemoryStats", "StreamStats", "memory_stats", "set_memory_cap"),
+            ),
             ("tornado_safestream.multipart", ("DiskFile", "FileTarget", "MultipartForm", "Part")),
         ],
     )
-    def test_classes_name_their_public_module(self, module: str, names: tuple[str, ...]) -> None:
-        """Reprs, pickles and the docs say where users import a class from."""
+    def test_objects_name_their_public_module(self, module: str, names: tuple[str, ...]) -> None:
+        """Reprs, pickles and the docs say where users import a class or function from."""
         public = importlib.import_module(module)
         for name in names:
-            cls = getattr(public, name)
-            assert (cls.__module__, cls.__qualname__) == (module, name)
-            assert repr(cls) == f"<class '{module}.{name}'>"
+            obj = getattr(public, name)
+            assert (obj.__module__, obj.__qualname__) == (module, name)
+            if isinstance(obj, type):
+                assert repr(obj) == f"<class '{module}.{name}'>"
 
     def test_stats_survive_a_pickle(self) -> None:
         from tornado_safestream.memory import memory_stats

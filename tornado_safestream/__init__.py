@@ -44,8 +44,19 @@ from ._websocket._handler import SafeWebSocketMixin as SafeWebSocketMixin
 
 __version__ = "0.1.0"
 
-# The public classes name the module users import them from (in reprs, pickles and the
-# documentation), not the private module that defines them.
-for _public in (SafeStreamMixin, SafeStaticFileHandler, SafeWebSocketMixin, BroadcastResult):
+# The public classes and functions name the module users import them from (in reprs,
+# pickles and the documentation), not the private module that defines them.
+for _public in (
+    BroadcastResult,
+    SafeStaticFileHandler,
+    SafeStreamMixin,
+    SafeWebSocketMixin,
+    broadcast,
+    disable_thread_assertions,
+    enable_thread_assertions,
+    receive_on_executor,
+    stream_on_executor,
+    thread_assertions,
+):
     _public.__module__ = __name__
 del _public
