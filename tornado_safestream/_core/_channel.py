@@ -212,11 +212,8 @@ class Channel:
         with self._lock:
             self._raise_if_unwritable("write")
             self._ops.append(data)
-            self._pending += len(data)
-            if self._pending > self._peak:
-                self._peak = self._pending
-            wake = self._consumer_idle
-            self._consumer_idle = False
+            self._add_pending(len(data))
+            wake = self._claim_wake()
             over = self._room() < 0
         if wake:
             self._wake_consumer()
@@ -236,8 +233,7 @@ class Channel:
             future = self._flush_future
             if future is None:
                 future = self._flush_future = self.producer_future()
-            wake = self._consumer_idle
-            self._consumer_idle = False
+            wake = self._claim_wake()
             over = self._room() < 0
         if wake:
             self._wake_consumer()
@@ -256,13 +252,10 @@ class Channel:
                     "the response was finished"
                 )
             self._ops.append(data)
-            self._pending += len(data)
-            if self._pending > self._peak:
-                self._peak = self._pending
+            self._add_pending(len(data))
             self._flush_requested = True
             self._pulled = True
-            wake = self._consumer_idle
-            self._consumer_idle = False
+            wake = self._claim_wake()
             full = self._room() <= 0
         if wake:
             self._wake_consumer()
@@ -282,8 +275,7 @@ class Channel:
                 self._ops.append(piece)
                 self._pending += self.max_buffer_bytes
                 self._flush_requested = True
-                wake = self._consumer_idle
-                self._consumer_idle = False
+                wake = self._claim_wake()
         if closed or finished:
             piece.close()
             if closed:
@@ -303,9 +295,7 @@ class Channel:
         the memory cap, until `sent`.
         """
         with self._lock:
-            self._pending += nbytes
-            if self._pending > self._peak:
-                self._peak = self._pending
+            self._add_pending(nbytes)
             self._room()
 
     def park(self) -> bool:
@@ -332,8 +322,7 @@ class Channel:
                 raise StreamClosedError()
             self._order_flush()
             self._ops.append(call)
-            wake = self._consumer_idle
-            self._consumer_idle = False
+            wake = self._claim_wake()
         if wake:
             self._wake_consumer()
         while True:
@@ -348,8 +337,7 @@ class Channel:
         with self._lock:
             self._order_flush()
             self._ops.append(End(error))
-            wake = self._consumer_idle
-            self._consumer_idle = False
+            wake = self._claim_wake()
         if wake:
             # If the loop is gone, so is everyone who would care.
             with contextlib.suppress(StreamClosedError):
@@ -403,8 +391,7 @@ class Channel:
                 self._budget.wait(min(left, POLL_SECONDS))  # then: is the loop closed?
             self._ops.append(item)
             self._pending += nbytes
-            wake = self._consumer_idle
-            self._consumer_idle = False
+            wake = self._claim_wake()
         return Offer.WAKE if wake else Offer.QUEUED
 
     def _reserve_for(self, nbytes: int, force: bool) -> bool:
@@ -434,6 +421,23 @@ class Channel:
         """The bytes queued or being sent, not yet handed to the socket."""
         with self._lock:
             return self._pending
+
+    def _claim_wake(self) -> bool:
+        """
+        Whether the caller, having queued something, must wake the consumer (it waits for a
+        wake-up): once the lock is let go. Only the first caller is told so.
+
+        Warning! Call with _lock held.
+        """
+        wake = self._consumer_idle
+        self._consumer_idle = False
+        return wake
+
+    def _add_pending(self, nbytes: int) -> None:
+        # Warning! Call with _lock held. Bytes held for the stream, until `sent`.
+        self._pending += nbytes
+        if self._pending > self._peak:
+            self._peak = self._pending
 
     def _order_flush(self) -> None:
         # Warning! Call with _lock held. A flush requested before a call or the end
@@ -504,8 +508,7 @@ class Channel:
                 # flushes on its own only once its unflushed bytes pass max_buffer_bytes: bytes
                 # the memory cap holds back below that would otherwise stay unsent for ever.)
                 self._flush_requested = True
-                wake = self._consumer_idle
-                self._consumer_idle = False
+                wake = self._claim_wake()
             else:
                 wake = False
         if wake:
