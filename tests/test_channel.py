@@ -11,7 +11,8 @@ from typing import Callable, TypeVar
 import pytest
 from tornado.iostream import StreamClosedError
 
-from tornado_safestream._core._channel import FLUSH, Call, Channel, End, Op, Put
+from tornado_safestream._core._channel import Channel
+from tornado_safestream._core._ops import FLUSH, Call, End, Op, Put
 
 T = TypeVar("T")
 TIMEOUT = 10.0

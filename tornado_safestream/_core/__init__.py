@@ -11,6 +11,7 @@ on it. Its modules, from the top down:
 - ``_producers``: the thread-pool side, one class per style (push, generator).
 - ``_channel``: the channel itself: ordered operations from a producer thread to the loop,
   the byte budget, and how each side waits for the other.
+- ``_ops``: what goes through a channel (chunks, flushes, calls, the end, other items).
 - ``_inbound``: the reverse channel, from the loop to a worker thread (request bodies,
   WebSocket messages).
 - ``_output``: the output path after a stream's first flush (one copy of the body at most).

@@ -30,7 +30,8 @@ from tornado.iostream import StreamClosedError
 from tornado.log import app_log
 
 from ._calls import FLUSHING_METHODS
-from ._channel import FLUSH, Call, Channel, End, Op
+from ._channel import Channel
+from ._ops import FLUSH, Call, End, Op
 from ._output import PIECE_BYTES, take_over
 from ._readahead import ReadAhead
 from ._sendfile import FileRange, FileShrankError, Offload, send_range

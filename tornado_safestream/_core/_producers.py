@@ -25,9 +25,10 @@ import time
 from collections.abc import Generator
 from typing import Callable
 
-from ._channel import Channel, Put, producing
+from ._channel import Channel, producing
 from ._chunks import to_bytes
 from ._lanes import OWN_TASK_SECONDS, SLICE_SECONDS, Lane, Pacing
+from ._ops import Put
 from ._sendfile import FileRange
 from ._words import a_type
 

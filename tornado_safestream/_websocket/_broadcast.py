@@ -9,7 +9,8 @@ from typing import NamedTuple
 
 from tornado.iostream import StreamClosedError
 
-from .._core._channel import Channel, Offer
+from .._core._channel import Channel
+from .._core._ops import Offer
 from ._frames import Message, WebSocketMessage, encode, frame
 from ._handler import Outcome, SafeWebSocketMixin, _Connection
 

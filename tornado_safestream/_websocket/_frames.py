@@ -16,7 +16,7 @@ from typing import Any, Union
 from tornado.escape import json_encode, utf8
 from tornado.websocket import WebSocketClosedError
 
-from .._core._channel import Item
+from .._core._ops import Item
 from .._core._waiting import ProducerFuture
 
 __all__ = (

@@ -40,7 +40,8 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.log import app_log
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
 
-from .._core._channel import Channel, Item, Offer
+from .._core._channel import Channel
+from .._core._ops import Item, Offer
 from ._frames import (
     CLOSE,
     PING,
