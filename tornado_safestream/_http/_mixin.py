@@ -21,6 +21,7 @@ from tornado.web import RequestHandler
 from .._core._calls import FLUSHING_METHODS, RESPONSE_METHODS
 from .._core._channel import Channel, producing
 from .._core._output import Output
+from .._core._words import check_mixin_first
 from .._websocket._handler import SafeWebSocketMixin
 
 if TYPE_CHECKING:
@@ -121,14 +122,7 @@ class SafeStreamMixin(_HandlerBase):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        mro = cls.__mro__
-        if RequestHandler in mro and mro.index(RequestHandler) < mro.index(SafeStreamMixin):
-            bases = ", ".join(base.__name__ for base in cls.__bases__)
-            raise TypeError(
-                f"class {cls.__qualname__}({bases}): list SafeStreamMixin before the "
-                f"RequestHandler base, as in class {cls.__name__}(SafeStreamMixin, "
-                "RequestHandler); behind it, its methods are never called"
-            )
+        check_mixin_first(cls, SafeStreamMixin, RequestHandler)
         receiver = inspect.getattr_static(cls, "data_received", None)
         cls._safestream_receives = bool(getattr(receiver, "_safestream_receiver", False))
         messages = inspect.getattr_static(cls, "on_message", None)

@@ -42,6 +42,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketP
 
 from .._core._channel import Channel
 from .._core._ops import Item, Offer
+from .._core._words import check_mixin_first
 from ._frames import (
     CLOSE,
     PING,
@@ -426,14 +427,7 @@ class SafeWebSocketMixin(_HandlerBase):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        mro = cls.__mro__
-        if WebSocketHandler in mro and mro.index(WebSocketHandler) < mro.index(SafeWebSocketMixin):
-            bases = ", ".join(base.__name__ for base in cls.__bases__)
-            raise TypeError(
-                f"class {cls.__qualname__}({bases}): list SafeWebSocketMixin before the "
-                f"WebSocketHandler base, as in class {cls.__name__}(SafeWebSocketMixin, "
-                "WebSocketHandler); behind it, its methods are never called"
-            )
+        check_mixin_first(cls, SafeWebSocketMixin, WebSocketHandler)
         _check_options(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
