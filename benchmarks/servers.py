@@ -158,30 +158,28 @@ def _set_length(handler: RequestHandler, config: FileConfig, fileno: int) -> Non
 # -- the variants ------------------------------------------------------------------------
 
 
-class StaticDownload(StaticFileHandler):
-    """`StaticFileHandler` for one file (``default_filename``), versioned by size and mtime."""
+class _OneFile:
+    """Serves one file (``default_filename``), versioned by its size and mtime."""
+
+    default_filename: str | None
 
     def parse_url_path(self, url_path: str) -> str:
         return self.default_filename or url_path
 
     @classmethod
     def get_content_version(cls, abspath: str) -> str:
-        # Tornado's default hashes the whole file on the loop (and gives up over 64 MiB).
+        # Tornado's default hashes the whole file on the loop (and gives up over 64 MiB);
+        # SafeStaticFileHandler calls this in the executor.
         stat = os.stat(abspath)
         return f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
 
 
-class SafeStaticDownload(SafeStaticFileHandler):
+class StaticDownload(_OneFile, StaticFileHandler):
+    """`StaticFileHandler` for one file, versioned by size and mtime."""
+
+
+class SafeStaticDownload(_OneFile, SafeStaticFileHandler):
     """`SafeStaticFileHandler` (default settings) for one file, versioned as `StaticDownload`."""
-
-    def parse_url_path(self, url_path: str) -> str:
-        return self.default_filename or url_path
-
-    @classmethod
-    def get_content_version(cls, abspath: str) -> str:
-        # called in the executor by SafeStaticFileHandler
-        stat = os.stat(abspath)
-        return f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
 
 
 class LoopDownload(RequestHandler):
