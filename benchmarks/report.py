@@ -22,6 +22,8 @@ __all__ = (
     "fmt_ratio",
     "get",
     "markdown_table",
+    "no_wrong_bodies",
+    "ratio_figure",
     "ratio_targets",
     "section",
     "write_results",
@@ -95,6 +97,12 @@ def section(
 def ratio_figure(r: float, limit: float | None) -> str:
     # three decimals where two would hide which side of the limit it is on
     return f"{r:.3f}x" if limit is not None and round(r, 2) == limit else f"{r:.2f}x"
+
+
+def no_wrong_bodies(where: str, label: str, figures: dict[str, Any]) -> Target:
+    """The target that none of a variant's ``runs`` downloads was ``bad`` (short or wrong)."""
+    bad = figures["bad"]
+    return Target(f"{where}: wrong bodies", label, f"{bad} of {figures['runs']}", "0", bad == 0)
 
 
 def ratio_targets(

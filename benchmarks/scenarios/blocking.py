@@ -15,7 +15,7 @@ from typing import Any
 from benchmarks.drivers import curl_parallel
 from benchmarks.harness import Bench, DataFile, Server
 from benchmarks.plan import BLOCKING_VARIANTS, MB
-from benchmarks.report import Target, fmt, markdown_table, ratio_figure
+from benchmarks.report import Target, fmt, markdown_table, no_wrong_bodies, ratio_figure
 from benchmarks.scenarios import throughput
 from benchmarks.scenarios.base import Scenario
 from benchmarks.scenarios.throughput import size
@@ -135,15 +135,7 @@ def targets(bench: Bench) -> list[Target]:
                         r >= limit,
                     )
                 )
-            found.append(
-                Target(
-                    f"blocking {threads}t: wrong bodies",
-                    label,
-                    f"{v['bad']} of {v['runs']}",
-                    "0",
-                    v["bad"] == 0,
-                )
-            )
+            found.append(no_wrong_bodies(f"blocking {threads}t", label, v))
     return found
 
 

@@ -18,7 +18,7 @@ from benchmarks.drivers import curl_parallel, wrk_run
 from benchmarks.harness import Bench, DataFile, Server
 from benchmarks.machine import WRK, tool_version
 from benchmarks.plan import CONCURRENT_VARIANTS
-from benchmarks.report import Target, fmt, markdown_table, ratio_figure
+from benchmarks.report import Target, fmt, markdown_table, no_wrong_bodies, ratio_figure
 from benchmarks.scenarios import throughput
 from benchmarks.scenarios.base import Scenario
 from benchmarks.scenarios.throughput import size
@@ -192,15 +192,7 @@ def targets(bench: Bench) -> list[Target]:
                         r <= 1.0,
                     )
                 )
-            found.append(
-                Target(
-                    f"{where}: wrong bodies",
-                    label,
-                    f"{v['bad']} of {v['runs']}",
-                    "0",
-                    v["bad"] == 0,
-                )
-            )
+            found.append(no_wrong_bodies(where, label, v))
     return found
 
 
