@@ -92,6 +92,9 @@ class Consumer:
         self._bytes = 0  # body bytes handed to the handler
         channel.on_resume = self._resume
         self._offload = offload
+        # The connection's IOStream (HTTP1Connection.stream), or None for another kind of
+        # connection: it is the same for the whole stream.
+        self._stream: Any = getattr(handler.request.connection, "stream", None)
         self._stop: asyncio.Future[None] | None = None  # done once aborted (for send_range)
         #: The consumer itself is calling the handler (its methods may call each other).
         self.calling = False
@@ -296,7 +299,7 @@ class Consumer:
 
     def _kept_up(self) -> bool:
         """Whether the socket took everything written so far at once (just after a write)."""
-        stream = getattr(self._handler.request.connection, "stream", None)
+        stream = self._stream
         # IOStream's (private) counters, as in `sent`: without them, the client counts as
         # keeping up, and the window grows to max_buffer_bytes as it did before it adapted.
         written = getattr(stream, "_total_write_index", None)
@@ -307,7 +310,7 @@ class Consumer:
         Bytes the kernel holds in the socket's send queue, not yet taken by the client's
         side (Linux: ``TIOCOUTQ``), or ``None`` where that can't be known.
         """
-        stream = getattr(self._handler.request.connection, "stream", None)
+        stream = self._stream
         sock = getattr(stream, "socket", None)  # IOStream.socket: None once closed
         if sock is None or _TIOCOUTQ is None:
             return None
@@ -380,7 +383,7 @@ class Consumer:
             pending flush's future, without an error, when its connection closes), or made
             no progress for ``stall_timeout`` seconds.
         """
-        stream = getattr(self._handler.request.connection, "stream", None)
+        stream = self._stream
         # Everything written to the stream so far, this flush included, must get out.
         target = getattr(stream, "_total_write_index", None)
         if self._stall_timeout is None:
