@@ -273,6 +273,16 @@ class _Example:
         assert found and line != "<eof>", f"no line {prefix!r}; output: {self.lines}"
         return line
 
+    def stopped(self) -> int:
+        """
+        The exit status of an example that stops by itself: wait for it first, as a Ctrl-C
+        could land in the middle of its own shutdown (`stop` then interrupts only one that
+        has not stopped in time).
+        """
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(TIMEOUT)
+        return self.stop()
+
     def stop(self) -> int:
         try:
             if self.process.poll() is None:
@@ -326,7 +336,7 @@ def test_static_files_example_serves_from_its_command() -> None:
 def test_websocket_feed_example_runs_from_its_command() -> None:
     example = _Example("websocket_feed", "--seconds", "0.5", "--fast", "2", "--slow", "1")
     example.wait_for_line("  fast client 0:")
-    assert example.stop() == 0, example.lines
+    assert example.stopped() == 0, example.lines  # with --seconds it stops by itself
 
 
 def test_sqlite_export_example_downloads_from_its_command(tmp_path: Path) -> None:
@@ -336,11 +346,7 @@ def test_sqlite_export_example_downloads_from_its_command(tmp_path: Path) -> Non
     )
     line = example.wait_for_line("20000 rows")
     assert "first byte after" in line and "RSS growth" in line
-    # With --download the example stops by itself: a Ctrl-C now could land in the middle of
-    # its own shutdown. Wait for it (stop() only interrupts one that has not stopped).
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        example.process.wait(TIMEOUT)
-    assert example.stop() == 0, example.lines
+    assert example.stopped() == 0, example.lines  # with --download it stops by itself
 
 
 def test_sse_tail_example_serves_its_demo_log_from_its_command() -> None:
